@@ -1,0 +1,105 @@
+"""Run plans: a list or grid of (notebook, parameters) pairs, shared by `repro batch` and `repro kaggle prepare`.
+
+A plan is YAML:
+
+    defaults:            # merged into every run's parameters
+      device: cuda
+    runs:
+      - name: slak-t-cifar100
+        notebook: train.ipynb          # a file in notebooks/ (or a path)
+        parameters: {preset: seed-slak-tiny-cifar100}
+    grid:
+      - name: "distill-{student}-{method}"   # formatted from each combination
+        notebook: train.ipynb
+        parameters: {preset: cifar100-distill}
+        vary: {method: [kd, nkd], student: [convnext_atto, l2s_convnext_micro]}
+    kaggle: {...}        # read by `repro kaggle prepare` only
+
+Grid entries expand to the cartesian product of `vary` (in the order written), each value also passed as a
+parameter of the same name.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ReproError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class PlanRun:
+    """One notebook execution: its unique name, the notebook and its parameters."""
+
+    name: str
+    notebook: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """A parsed plan: the expanded runs plus the raw `kaggle` section."""
+
+    path: Path
+    runs: list[PlanRun]
+    kaggle: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_entry(entry: Any, where: str) -> dict:
+    if not isinstance(entry, dict) or "notebook" not in entry or "name" not in entry:
+        raise ReproError(f"{where} should be a mapping with at least 'name' and 'notebook', found {entry!r}")
+    return entry
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and expand a plan file; names must be unique and usable as folder names."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReproError(f"plan file not found: {path}; pass the path of a YAML plan (see kaggle/plans/)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ReproError(f"plan {path} is not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ReproError(f"plan {path} should be a mapping with 'runs' and/or 'grid', found {type(data).__name__}")
+    unknown = set(data) - {"defaults", "runs", "grid", "kaggle"}
+    if unknown:
+        raise ReproError(f"plan {path} has unknown sections {sorted(unknown)}; "
+                         "expected defaults, runs, grid, kaggle")
+    defaults = data.get("defaults") or {}
+    runs: list[PlanRun] = []
+    for i, entry in enumerate(data.get("runs") or []):
+        entry = _check_entry(entry, f"{path}: runs[{i}]")
+        params = {**defaults, **(entry.get("parameters") or {})}
+        runs.append(PlanRun(str(entry["name"]), str(entry["notebook"]), params))
+    for i, entry in enumerate(data.get("grid") or []):
+        entry = _check_entry(entry, f"{path}: grid[{i}]")
+        vary = entry.get("vary") or {}
+        if not isinstance(vary, dict) or not all(isinstance(v, list) and v for v in vary.values()):
+            raise ReproError(f"{path}: grid[{i}].vary should map parameter names to non-empty lists")
+        keys = list(vary)
+        for combo in itertools.product(*(vary[k] for k in keys)):
+            values = dict(zip(keys, combo))
+            try:
+                name = str(entry["name"]).format(**values)
+            except KeyError as exc:
+                raise ReproError(f"{path}: grid[{i}] name '{entry['name']}' uses {exc}, "
+                                 f"which is not in vary ({', '.join(keys)})") from None
+            params = {**defaults, **(entry.get("parameters") or {}), **values}
+            runs.append(PlanRun(name, str(entry["notebook"]), params))
+    if not runs:
+        raise ReproError(f"plan {path} lists no runs; add a 'runs' or 'grid' section")
+    seen: set[str] = set()
+    for run in runs:
+        if not _NAME.match(run.name):
+            raise ReproError(f"plan {path}: run name '{run.name}' should use letters, digits, '.', '_' or '-'")
+        if run.name in seen:
+            raise ReproError(f"plan {path}: run name '{run.name}' appears twice; names must be unique")
+        seen.add(run.name)
+    return Plan(path, runs, data.get("kaggle") or {})
