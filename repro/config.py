@@ -317,9 +317,9 @@ PRESET_PACKAGE = "repro.presets"
 
 
 def list_presets() -> list[str]:
-    """Names of the presets shipped with the package."""
+    """Names of the presets shipped with the package (shared bases, named `_...`, are left out)."""
     files = resources.files(PRESET_PACKAGE).iterdir()
-    return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml") and not p.name.startswith("_"))
 
 
 def _read_yaml(text: str, where: str) -> dict:

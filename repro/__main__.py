@@ -1,0 +1,4 @@
+"""`python -m repro ...` (and `torchrun -m repro train ...`)."""
+from .cli import main
+
+raise SystemExit(main())

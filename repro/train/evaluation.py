@@ -1,0 +1,94 @@
+"""`repro eval`: top-1/top-5/loss of a run folder, a checkpoint of this package or a released checkpoint."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..config import RunConfig, set_value, parse_override
+from ..device import resolve_device, resolve_precision
+from ..errors import ReproError
+from .checkpoint import list_checkpoints, load_checkpoint
+from .distributed import DistInfo
+from .evaluate import eval_loader, evaluate_model
+
+log = logging.getLogger("repro.train")
+
+
+def _read_weights(path: Path) -> tuple[dict, dict | None]:
+    """(state_dict, config dict or None) from a run folder or a checkpoint/weight file."""
+    if path.is_dir():
+        ckpts = list_checkpoints(path / "checkpoints")
+        if not ckpts:
+            raise ReproError(f"{path} has no checkpoints/ckpt-*.pt; pass a run folder that has trained, "
+                             "or a checkpoint file")
+        for ckpt_path in ckpts:
+            state = load_checkpoint(ckpt_path)
+            if state is not None:
+                return state, state.get("config")
+        raise ReproError(f"every checkpoint in {path / 'checkpoints'} is corrupt or truncated")
+    if not path.is_file():
+        raise ReproError(f"checkpoint not found: {path}; pass a run folder or a checkpoint file")
+    state = load_checkpoint(path)
+    if state is None:
+        raise ReproError(f"{path} could not be read as a checkpoint (corrupt, truncated or not a torch file)")
+    return state, state.get("config") if isinstance(state, dict) else None
+
+
+def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None,
+             data_overrides: Iterable[str] = (), device: str | None = None, split: str = "test",
+             use_ema: bool = False, batch_size: int | None = None, precision: str = "auto",
+             deploy: bool = False) -> dict:
+    """Evaluate weights on a dataset split; returns {'top1', 'top5', 'loss', 'n', 'split', 'model', ...}.
+
+    The model and data come from the checkpoint's recorded config; a released checkpoint {'model': ...}
+    needs `model_name` and `data_overrides` such as ["data.name=imagenet", "data.root=/data/imagenet",
+    "data.img_size=224"]. `deploy` evaluates the re-parameterized form.
+    """
+    from ..data import build_data
+    from ..models import create_model, reparameterize
+
+    path = Path(checkpoint_or_run_dir)
+    state, saved = _read_weights(path)
+    cfg = RunConfig.from_dict(saved) if saved else RunConfig()
+    if model_name:
+        cfg.model.name = model_name
+    elif not saved:
+        raise ReproError(f"{path} does not record its architecture; pass --model NAME (see `repro models`)")
+    if not saved:
+        cfg.data.val_fraction = 0.0
+    for text in data_overrides:
+        set_value(cfg, *parse_override(text))
+    if split not in ("val", "test"):
+        raise ReproError(f"split expects val or test, found '{split}'")
+    data = build_data(cfg.data)
+    key = "model_ema" if use_ema else "model"
+    weights = state.get(key) if isinstance(state, dict) else None
+    if weights is None:
+        weights = state.get("state_dict", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise ReproError(f"{path} holds no {'EMA ' if use_ema else ''}model weights")
+    weights = {k.removeprefix("module."): v for k, v in weights.items()}
+    kwargs = dict(cfg.model.kwargs)
+    model = create_model(cfg.model.name, num_classes=data.num_classes, img_size=cfg.data.img_size, **kwargs)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ReproError(f"the weights in {path} do not fit {cfg.model.name} with {data.num_classes} classes: "
+                         f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}; pass the right --model "
+                         "and dataset")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model.to(dev).eval()
+    if deploy:
+        reparameterize(model)
+    dataset = data.val if split == "val" else data.test
+    loader = eval_loader(dataset, batch_size or cfg.data.eval_batch_size or 64, cfg.data.num_workers, DistInfo(),
+                         dev.type)
+    res = evaluate_model(model, loader, dev, precision=prec,
+                         class_index_map=getattr(dataset, "class_index_map", None))
+    res.update(split=split if not (split == "val" and data.eval_split == "test") else "test",
+               model=cfg.model.name, dataset=cfg.data.name, weights="ema" if use_ema else "raw",
+               checkpoint=str(path), deploy=deploy)
+    return res
