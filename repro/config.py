@@ -132,6 +132,10 @@ class SparseConfig:
         growth: random or gradient.
         prune: magnitude.
         layers: all (every 2-D and 4-D weight), large_kernel, or a regular expression over parameter names.
+        min_prune_rate: the floor of the cosine-decayed prune rate (0.005 in the released code).
+        regrow_pruned: let random growth pick weights pruned in the same update (the released code does, and
+            they keep their old values); off by default so an update really explores.
+        dense_cutoff: layers whose allotted density reaches this stay dense (released: 0.99).
     """
 
     sparsity: float = 0.0
@@ -141,6 +145,9 @@ class SparseConfig:
     growth: str = "random"
     prune: str = "magnitude"
     layers: str = "all"
+    min_prune_rate: float = 0.005
+    regrow_pruned: bool = False
+    dense_cutoff: float = 1.0
 
 
 @dataclass
@@ -250,6 +257,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
+        if base in (int, float) and isinstance(value, str):
+            try:  # YAML 1.1 reads "2e-3" (no dot) as a string
+                number = float(value)
+            except ValueError:
+                continue
+            if base is float or number.is_integer():
+                return base(number)
     raise ReproError(f"config key '{key}' expects {_type_name(hint)}, found {value!r} "
                      f"({type(value).__name__}); fix the preset/config file or the --set value")
 

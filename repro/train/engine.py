@@ -12,8 +12,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import random
+import signal
 import socket
 import subprocess
 import time
@@ -37,6 +39,7 @@ from .distributed import DistInfo, any_rank, barrier, cleanup, init_distributed
 from .evaluate import autocast_context, eval_loader, evaluate_model
 
 log = logging.getLogger("repro.train")
+_CRASH_AT = os.environ.get("REPRO_CRASH_AT")
 
 
 def step_seed(seed: int, rank: int, micro_step: int) -> int:
@@ -282,9 +285,7 @@ class Trainer:
         from ..data import ResumableSampler
         order = ResumableSampler(len(self.data.train), seed=self.cfg.seed, shuffle=True)
         order.set_epoch(0)
-        idx = list(order)[: self.cfg.train.batch_size]
-        items = [self.data.val_transform_dataset[i] if hasattr(self.data, "val_transform_dataset")
-                 else self.data.train[i] for i in idx]
+        items = [self.data.train[i] for i in order.epoch_order()[: self.cfg.train.batch_size]]
         x = torch.stack([it[0] for it in items]).to(self.device)
         y = torch.as_tensor([int(it[1]) for it in items], device=self.device)
         return x, y
@@ -299,7 +300,8 @@ class Trainer:
         return DynamicSparsity(self.model, self.optimizer, sparsity=sc.sparsity, init=sc.init,
                                update_frequency=sc.update_frequency, prune_rate=sc.prune_rate, growth=sc.growth,
                                prune=sc.prune, layers=sc.layers, total_steps=self.steps_total, seed=self.cfg.seed,
-                               init_batch=init_batch)
+                               init_batch=init_batch, min_prune_rate=sc.min_prune_rate,
+                               regrow_pruned=sc.regrow_pruned, dense_cutoff=sc.dense_cutoff)
 
     # --------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -628,6 +630,8 @@ class Trainer:
         total = 0.0
         for micro in range(tc.accum_steps):
             images, targets = next(batches)
+            if _CRASH_AT == f"{self.step}:{micro}":  # fault injection for the kill -9 resume tests
+                os.kill(os.getpid(), signal.SIGKILL)
             seed_all(step_seed(self.cfg.seed, self.dist.rank, self.step * tc.accum_steps + micro))
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)

@@ -1,0 +1,221 @@
+"""The engine: exact resume (wherever it stops, kill -9 included), time budget, signals, corrupt checkpoints,
+config refusal and two-process DDP, on tiny models over the embedded digits dataset."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from repro.config import load_config
+from repro.errors import ReproError
+from repro.train import list_checkpoints, parse_duration, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 10 optimizer steps per epoch (1293 training digits // 64 // 2), 2 epochs; sparsity, EMA and accumulation on.
+TEACHER = ["model.name=slak_micro", "train.epochs=2", "train.batch_size=64", "train.accum_steps=2",
+           "train.lr=2e-3", "train.warmup_epochs=0.5", "train.ema_decay=0.9", "train.mixup=0.8",
+           "train.cutmix=1.0", "data.randaugment=rand-m9-mstd0.5-inc1", "data.reprob=0.25",
+           "sparse.sparsity=0.4", "sparse.update_frequency=3", "sparse.prune_rate=0.3", "model.drop_path_rate=0.1"]
+
+
+def cfg_for(*overrides, preset="quickstart-teacher"):
+    return load_config(preset, overrides=list(overrides))
+
+
+def digest(run: Path) -> str:
+    return json.loads((run / "summary.json").read_text())["state_digest"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One uninterrupted run of the resume configuration, shared by the resume tests."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    summary = train(cfg_for(*TEACHER), out, progress=False)
+    assert summary["status"] == "complete"
+    return out, summary
+
+
+def test_straight_run_writes_everything(straight):
+    out, s = straight
+    assert s["steps_done"] == s["steps_total"] == 20 and s["epochs_done"] == 2
+    assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 20
+    assert s["eval_split"] == "val" and s["test_top1"] is not None
+    assert 0 < s["params_nonzero"] < s["params_total"]  # 40% sparsity on the masked tensors
+    assert s["top1_ema"] is not None and s["best_is"] in ("raw", "ema")
+    assert s["env"]["torch"] == torch.__version__ and s["resumes"] == 0
+    assert len(s["state_digest"]) == 64
+
+
+@pytest.mark.parametrize("stop_at", [1, 10, 13])
+def test_resume_equals_straight(straight, tmp_path, stop_at):
+    """Stopping after any step (an epoch end, mid-epoch, right after a sparse update) changes nothing."""
+    out = tmp_path / "run"
+    first = train(cfg_for(*TEACHER), out, max_steps=stop_at, progress=False)
+    assert first["status"] == "stopped" and first["stop_reason"] == "max_steps"
+    assert first["steps_done"] == stop_at
+    second = train(cfg_for(*TEACHER), out, progress=False)
+    assert second["status"] == "complete" and second["resumes"] == 1
+    assert second["state_digest"] == straight[1]["state_digest"]
+    assert second["top1"] == straight[1]["top1"] and second["test_top1"] == straight[1]["test_top1"]
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert rows == (straight[0] / "metrics.jsonl").read_text().splitlines() or len(rows) == 2
+
+
+def _cli(*args, env_extra=None, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "repro", *args], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, **kw)
+
+
+def _train_args(out, *extra):
+    args = ["train", "--preset", "quickstart-teacher", "--out", str(out), "--no-progress"]
+    for o in TEACHER:
+        args += ["--set", o]
+    return args + list(extra)
+
+
+@pytest.mark.parametrize("crash_at", ["6:1", "11:0"])
+def test_kill_9_inside_accumulation_then_resume(straight, tmp_path, crash_at):
+    """SIGKILL between the two micro-batches of a step; the resumed run still ends bit-identical."""
+    out = tmp_path / "run"
+    killed = _cli(*_train_args(out, "--checkpoint-every", "2"), env_extra={"REPRO_CRASH_AT": crash_at})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    step = int(crash_at.split(":")[0])
+    assert list_checkpoints(out / "checkpoints")[0].name == f"ckpt-{step - step % 2:08d}.pt"
+    done = _cli(*_train_args(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert digest(out) == straight[1]["state_digest"]
+
+
+def test_corrupt_newest_checkpoint_is_skipped(straight, tmp_path, caplog):
+    out = tmp_path / "run"
+    train(cfg_for(*TEACHER), out, max_steps=6, checkpoint_every=2, progress=False)
+    newest = list_checkpoints(out / "checkpoints")[0]
+    assert newest.name == "ckpt-00000006.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated, as by a dying session
+    summary = train(cfg_for(*TEACHER), out, progress=False)
+    assert "checksum mismatch" in caplog.text
+    assert summary["state_digest"] == straight[1]["state_digest"]
+
+
+def test_time_budget_stops_cleanly_then_completes(tmp_path):
+    out = tmp_path / "run"
+    over = ["train.epochs=1", "train.batch_size=32"]
+    first = train(cfg_for(*over), out, time_budget=4, progress=False)
+    assert first["status"] == "stopped" and first["stop_reason"] == "time_budget"
+    assert 0 < first["steps_done"] < first["steps_total"]
+    assert first["wall_time_s"] < 4.0 + 3.0  # stopped inside the budget, with the save
+    assert list_checkpoints(out / "checkpoints")
+    second = train(cfg_for(*over), out, progress=False)
+    assert second["status"] == "complete" and second["steps_done"] == second["steps_total"]
+    assert second["resumes"] == 1
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "repro", "train", "--preset", "quickstart-teacher",
+                             "--out", str(out), "--no-progress", "--checkpoint-every", "1"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list_checkpoints(out / "checkpoints") and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["stop_reason"] == "signal"
+    assert (out / "checkpoints" / f"ckpt-{summary['steps_done']:08d}.pt").is_file()
+
+
+def test_different_config_is_refused_unless_forced(tmp_path):
+    out = tmp_path / "run"
+    train(cfg_for("train.epochs=1"), out, max_steps=2, progress=False)
+    with pytest.raises(ReproError) as err:
+        train(cfg_for("train.epochs=1", "train.lr=1e-3"), out, progress=False)
+    assert "train.lr" in str(err.value) and "--force" in str(err.value)
+    summary = train(cfg_for("train.epochs=1", "train.lr=1e-3"), out, max_steps=3, force=True, progress=False)
+    assert summary["steps_done"] == 3
+
+
+def test_distillation_resume_and_teacher_untouched(tmp_path):
+    teacher_dir = tmp_path / "teacher"
+    train(cfg_for("train.epochs=1", "sparse.sparsity=0.0"), teacher_dir, max_steps=3, progress=False)
+    ckpt_before = {p.name: p.read_bytes() for p in (teacher_dir / "checkpoints").iterdir()}
+    over = ["train.epochs=1", "train.batch_size=128", "distill.method=nkd+fd", f"distill.teacher={teacher_dir}",
+            "train.ema_decay=0.9"]
+    straight = train(cfg_for(*over, preset="quickstart-student"), tmp_path / "a", progress=False)
+    train(cfg_for(*over, preset="quickstart-student"), tmp_path / "b", max_steps=4, progress=False)
+    resumed = train(cfg_for(*over, preset="quickstart-student"), tmp_path / "b", progress=False)
+    assert resumed["state_digest"] == straight["state_digest"]
+    assert straight["distill"]["method"] == "nkd+fd" and len(straight["distill"]["teacher_sha256"]) == 64
+    ckpt = torch.load(list_checkpoints(tmp_path / "a" / "checkpoints")[0], weights_only=False)
+    assert ckpt["criterion"] and all(k.startswith("fd.") for k in ckpt["criterion"])  # the FD projector
+    assert not any("teacher" in k for k in ckpt["model"])
+    assert {p.name: p.read_bytes() for p in (teacher_dir / "checkpoints").iterdir()} == ckpt_before
+
+
+def test_missing_teacher_fails_before_writing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ReproError, match="teacher"):
+        train(cfg_for("distill.teacher=" + str(tmp_path / "nope"), preset="quickstart-distill"), out,
+              progress=False)
+    assert not out.exists()
+
+
+def test_class_count_mismatch_fails_before_writing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ReproError, match="10"):
+        train(cfg_for("model.num_classes=100"), out, progress=False)
+    assert not out.exists()
+
+
+def test_non_finite_loss_stops_with_message(tmp_path):
+    out = tmp_path / "run"
+    train(cfg_for("train.epochs=1"), out, max_steps=2, checkpoint_every=1, progress=False)
+    with pytest.raises(ReproError, match="non-finite|nan|inf"):
+        train(cfg_for("train.epochs=1", "train.lr=1e30", "train.warmup_epochs=0"), out, force=True,
+              progress=False)
+    assert list_checkpoints(out / "checkpoints")[0].name == "ckpt-00000002.pt"
+
+
+def test_parse_duration():
+    assert parse_duration("11h30m") == 41400 and parse_duration("45m") == 2700 and parse_duration(90) == 90
+    assert parse_duration("1h 5m 3s") == 3903 and parse_duration(None) is None
+    with pytest.raises(ReproError):
+        parse_duration("soon")
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    res = _cli("train", "--preset", "quickstart-teachr", "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "quickstart-teacher" in res.stderr
+
+
+def test_two_gloo_processes_train_and_resume(tmp_path):
+    """torchrun with 2 CPU processes: stop by max-steps, resume, and match a straight 2-process run."""
+    def run(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+               str(29500 + os.getpid() % 1000), "-m", "repro", "train", "--preset", "quickstart-teacher",
+               "--out", str(out), "--no-progress", "--set", "train.epochs=1", "--set", "train.batch_size=32",
+               "--set", "train.ema_decay=0.9", "--set", "sparse.update_frequency=4", *extra]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=280)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return json.loads((out / "summary.json").read_text())
+
+    a = run(tmp_path / "a", "--max-steps", "12")
+    b = run(tmp_path / "b", "--max-steps", "5")
+    assert b["status"] == "stopped" and b["env"]["world_size"] == 2
+    b = run(tmp_path / "b", "--max-steps", "12")
+    assert b["steps_done"] == 12 and b["resumes"] == 1
+    assert b["state_digest"] == a["state_digest"]
