@@ -27,10 +27,10 @@ def crop_kernel_to_input(
         weight: torch.Tensor, H: int, W: int, padding: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """Crop a stride-1 conv kernel to the taps that can reach an H x W input; returns (weight, padding).
 
-    With padding p a kernel row at offset a only ever multiplies zero padding once it lies more than the input
-    size away from every output position, so dropping such rows (symmetrically, keeping the kernel centred and
-    odd-sized for "same" convs, e.g. 51 -> 2*size-1) leaves the output, the input gradient and the gradient of
-    every kept tap unchanged; dropped taps get the zero gradient they would have received anyway.
+    Output i reads input i - p + a through tap a, so taps a < p - out + 1 and a > p + size - 1 only ever read
+    zero padding. Dropping c such taps at both ends (the kernel stays centred: a "same" k x k kernel becomes
+    2*size-1 wide once k > 2*size-1) with padding p - c leaves the output, the input gradient and the gradient of
+    every kept tap unchanged; the dropped taps would have received zero gradient anyway.
     """
     kh, kw = weight.shape[-2:]
     (ph, pw), out_h, out_w = padding, H + 2 * padding[0] - kh + 1, W + 2 * padding[1] - kw + 1
@@ -47,7 +47,8 @@ class LargeKernelConv2d(nn.Conv2d):
 
     def __init__(self, *args, crop: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.crop = crop and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding_mode == 'zeros'
+        self.crop = (crop and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding_mode == 'zeros'
+                     and isinstance(self.padding, tuple))
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         if not self.crop:
@@ -68,7 +69,7 @@ class ConvBN(nn.Sequential):
         if bn:
             self.bn = nn.SyncBatchNorm(channels) if sync_bn else nn.BatchNorm2d(channels)
 
-    def fuse(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def fused_kernel_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Kernel and bias of the conv with its BatchNorm folded in (eval statistics)."""
         kernel = self.conv.weight
         if not hasattr(self, 'bn'):
@@ -86,6 +87,9 @@ def _pad_to(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 class ReparamLargeKernelConv(nn.Module):
     """Depthwise large-kernel path: M x N + N x M (+ N x N) strips when decomposed, else M x M (+ N x N).
+
+    `reparameterize` replaces the branches by `LoRA1_reparam` + `LoRA2_reparam` (strips, N x N folded into the
+    first) or by one `lkb_reparam` conv (dense, and always for square kernels, as the released merge names it).
 
     Args:
         channels: Channels (the convs are depthwise).
@@ -139,7 +143,7 @@ class ReparamLargeKernelConv(nn.Module):
         m, n = self.kernel_size, self.small_kernel
         branches = ['LoRA1', 'LoRA2'] if self.decom else ['lkb_origin']
         branches += ['small_conv'] if hasattr(self, 'small_conv') else []
-        fused = {name: getattr(self, name).fuse() for name in branches}
+        fused = {name: getattr(self, name).fused_kernel_bias() for name in branches}
         bias = sum(b for _, b in fused.values())
         if self.decom and not dense:
             strip1 = fused['LoRA1'][0]
@@ -153,6 +157,16 @@ class ReparamLargeKernelConv(nn.Module):
             self.lkb_reparam = self._deploy_conv(kernel, bias)
         for name in branches:
             delattr(self, name)
+
+
+def large_kernel_param_names(model: nn.Module) -> List[str]:
+    """Names of the large-kernel depthwise weights (M x N, N x M or M x M; not the N x N branch, not BatchNorms)."""
+    names = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, ReparamLargeKernelConv):
+            names += [f'{prefix}.{name}.weight' for name, conv in module.named_modules()
+                      if isinstance(conv, nn.Conv2d) and not name.startswith('small_conv')]
+    return names
 
 
 class Block(nn.Module):
@@ -246,7 +260,8 @@ class SLaK(nn.Module):
                 for j in range(depths[i])]))
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+        if not self.norm.weight.is_meta:  # meta tensors (shape-only builds) hold no values to initialise
+            self.apply(self._init_weights)
         if num_classes > 0:
             self.head.weight.data.mul_(head_init_scale)
             self.head.bias.data.mul_(head_init_scale)
@@ -265,8 +280,8 @@ class SLaK(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a freshly initialised one with num_classes outputs (0: identity)."""
         self.num_classes = num_classes
-        device = self.norm.weight.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        like = dict(device=self.norm.weight.device, dtype=self.norm.weight.dtype)
+        self.head = nn.Linear(self.num_features, num_classes, **like) if num_classes > 0 else nn.Identity()
         self._init_weights(self.head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,18 +313,18 @@ def _check_args(depths, dims, kernel_size, decom, stem_stride) -> None:
         raise ReproError(f'stem_stride must be a positive integer, got {stem_stride}. Use 4 (papers) or 1-2 for 32x32.')
 
 
-def _create(pretrained: bool, **kwargs) -> SLaK:
-    """Build a SLaK variant; weights only ever come from a local file (repro.models.create_model)."""
+def _create(pretrained: bool, kwargs: dict, **variant) -> SLaK:
+    """Build a SLaK variant from its numbers, overridden by user kwargs; weights only come from local files."""
     if pretrained:
         raise ReproError('SLaK weights are not downloaded: build with pretrained=False and pass a local checkpoint '
                          'via repro.models.create_model(name, pretrained_file=PATH).')
     for key in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir'):
         kwargs.pop(key, None)
-    return SLaK(**kwargs)
+    return SLaK(**{**variant, **kwargs})
 
 
-_T, _S = dict(depths=(3, 3, 9, 3)), dict(depths=(3, 3, 27, 3))
-_MICRO = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))
+_T, _S = (3, 3, 9, 3), (3, 3, 27, 3)
+_MICRO_DEPTHS, _MICRO_DIMS = (1, 1, 2, 1), (16, 32, 64, 128)
 # The paper's ConvNeXt student: SLaK skeleton, 7x7 depthwise conv + BatchNorm; the short edge 100 > 7 disables the
 # N x N branch exactly as in the released KD code.
 _STUDENT = dict(kernel_size=(7, 7, 7, 7, 100), width_factor=1.0, Decom=False, bn=True)
@@ -317,68 +332,68 @@ _STUDENT = dict(kernel_size=(7, 7, 7, 7, 100), width_factor=1.0, Decom=False, bn
 
 @register_model
 def slak_tiny(pretrained: bool = False, **kwargs) -> SLaK:
-    """SLaK-T: depths 3-3-9-3, dims 96-384 (x1.3), 51x51 decomposed kernels."""
-    return _create(pretrained, **dict(_T, **kwargs))
+    """SLaK-T: depths 3-3-9-3, dims 96-768 (x1.3), 51x51 decomposed kernels."""
+    return _create(pretrained, kwargs, depths=_T)
 
 
 @register_model
 def slak_small(pretrained: bool = False, **kwargs) -> SLaK:
     """SLaK-S: depths 3-3-27-3, dims 96-768 (x1.3)."""
-    return _create(pretrained, **dict(_S, **kwargs))
+    return _create(pretrained, kwargs, depths=_S)
 
 
 @register_model
 def slak_base(pretrained: bool = False, **kwargs) -> SLaK:
     """SLaK-B: depths 3-3-27-3, dims 128-1024 (x1.3)."""
-    return _create(pretrained, **dict(_S, dims=(128, 256, 512, 1024), **kwargs))
+    return _create(pretrained, kwargs, depths=_S, dims=(128, 256, 512, 1024))
 
 
 @register_model
 def slak_large(pretrained: bool = False, **kwargs) -> SLaK:
     """SLaK-L: depths 3-3-27-3, dims 192-1536 (x1.3)."""
-    return _create(pretrained, **dict(_S, dims=(192, 384, 768, 1536), **kwargs))
+    return _create(pretrained, kwargs, depths=_S, dims=(192, 384, 768, 1536))
 
 
 @register_model
 def slak_tiny_mxm(pretrained: bool = False, **kwargs) -> SLaK:
     """SLaK-T with square (non-decomposed) 51x51 kernels."""
-    return _create(pretrained, **dict(_T, Decom=False, **kwargs))
+    return _create(pretrained, kwargs, depths=_T, Decom=False)
 
 
 @register_model
 def slak_small_mxm(pretrained: bool = False, **kwargs) -> SLaK:
     """SLaK-S with square (non-decomposed) kernels."""
-    return _create(pretrained, **dict(_S, Decom=False, **kwargs))
+    return _create(pretrained, kwargs, depths=_S, Decom=False)
 
 
 @register_model
 def slak_base_mxm(pretrained: bool = False, **kwargs) -> SLaK:
     """SLaK-B with square (non-decomposed) kernels."""
-    return _create(pretrained, **dict(_S, dims=(128, 256, 512, 1024), Decom=False, **kwargs))
+    return _create(pretrained, kwargs, depths=_S, dims=(128, 256, 512, 1024), Decom=False)
 
 
 @register_model
 def slak_micro(pretrained: bool = False, **kwargs) -> SLaK:
     """A CPU-sized SLaK with the real 51/49/47/13/5 decomposed kernels: depths 1-1-2-1, dims 16-128 (x1.3)."""
-    return _create(pretrained, **dict(_MICRO, **kwargs))
+    return _create(pretrained, kwargs, depths=_MICRO_DEPTHS, dims=_MICRO_DIMS)
 
 
 @register_model
 def l2s_convnext_tiny(pretrained: bool = False, **kwargs) -> SLaK:
     """The paper's ConvNeXt-T student: depths 3-3-9-3, dims 96-768, 7x7 depthwise conv + BatchNorm."""
-    return _create(pretrained, **dict(_STUDENT, **_T, **kwargs))
+    return _create(pretrained, kwargs, depths=_T, **_STUDENT)
 
 
 @register_model
 def l2s_convnext_small(pretrained: bool = False, **kwargs) -> SLaK:
     """The paper's ConvNeXt-S student: depths 3-3-27-3, dims 96-768, 7x7 depthwise conv + BatchNorm."""
-    return _create(pretrained, **dict(_STUDENT, **_S, **kwargs))
+    return _create(pretrained, kwargs, depths=_S, **_STUDENT)
 
 
 @register_model
 def l2s_convnext_micro(pretrained: bool = False, **kwargs) -> SLaK:
     """A CPU-sized student: depths 1-1-2-1, dims 16-128, 7x7 depthwise conv + BatchNorm."""
-    return _create(pretrained, **dict(_STUDENT, **_MICRO, **kwargs))
+    return _create(pretrained, kwargs, depths=_MICRO_DEPTHS, dims=_MICRO_DIMS, **_STUDENT)
 
 
 SLAK_MODELS: List[str] = [

@@ -263,7 +263,22 @@ class Trainer:
         return load_teacher(dc.teacher, model_name=dc.teacher_model, num_classes=self.data.num_classes,
                             img_size=self.cfg.data.img_size, device=self.device, deploy=dc.teacher_deploy,
                             channels_last=self.cfg.train.channels_last, amp_dtype=amp,
-                            student_mean=self.data.mean, student_std=self.data.std)
+                            student_mean=self.data.mean, student_std=self.data.std,
+                            **self._teacher_normalisation(Path(dc.teacher)))
+
+    @staticmethod
+    def _teacher_normalisation(source: Path) -> dict:
+        """The mean/std a teacher run of this package was trained with (its inputs are re-normalised to them)."""
+        cfg_file = source / "config.yaml" if source.is_dir() else source.parent.parent / "config.yaml"
+        if not cfg_file.is_file():
+            return {}
+        import yaml
+        from ..data.transforms import dataset_mean_std
+        name = ((yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}).get("name")
+        if not name:
+            return {}
+        mean, std = dataset_mean_std(name)
+        return {"mean": mean, "std": std}
 
     def _build_criterion(self) -> nn.Module:
         dc, tc = self.cfg.distill, self.cfg.train
