@@ -54,6 +54,7 @@ class DataConfig:
         download: allow torchvision to download CIFAR when it is missing (needs internet).
         eval_batch_size: batch for evaluation; None uses the training batch size.
         robustness_root: ImageNet-A/-R/-Sketch style folder for robustness evaluation.
+        train_limit: train on a fixed stratified subset of this many images (smoke tests); None uses all.
     """
 
     name: str = "digits"
@@ -67,6 +68,7 @@ class DataConfig:
     download: bool = False
     eval_batch_size: int | None = None
     robustness_root: str | None = None
+    train_limit: int | None = None
 
 
 @dataclass

@@ -9,14 +9,15 @@ A plan is YAML:
         notebook: train.ipynb          # a file in notebooks/ (or a path)
         parameters: {preset: seed-slak-tiny-cifar100}
     grid:
-      - name: "distill-{student}-{method}"   # formatted from each combination
+      - name: "student-s{seed}"         # formatted from each combination
         notebook: train.ipynb
-        parameters: {preset: cifar100-distill}
-        vary: {method: [kd, nkd], student: [convnext_atto, l2s_convnext_micro]}
+        parameters: {preset: cifar100-student}
+        vary: {seed: [0, 1, 2]}
     kaggle: {...}        # read by `repro kaggle prepare` only
 
-Grid entries expand to the cartesian product of `vary` (in the order written), each value also passed as a
-parameter of the same name.
+Grid entries expand to the cartesian product of `vary` (in the order written), each value passed as the
+notebook parameter of the same name, so `vary` keys must be parameters the notebook declares (for config
+keys, list runs with their `overrides` instead).
 """
 from __future__ import annotations
 

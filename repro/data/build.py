@@ -106,6 +106,14 @@ def build_data(cfg: DataConfig, *, num_classes_expected: int | None = None) -> D
         train = TransformedSubset(train_base, range(len(train_base)), train_tf)
         val = None
         eval_split = "test"
+    if cfg.train_limit is not None:
+        if cfg.train_limit <= 0:
+            raise ReproError(f"data.train_limit must be a positive number of images, found {cfg.train_limit}")
+        # A stratified subset, so a smoke run still sees every class (the split seed keeps it fixed).
+        keep, _ = stratified_split(train.targets,
+                                   1 - min(cfg.train_limit, len(train)) / len(train), SPLIT_SEED) \
+            if cfg.train_limit < len(train) else (list(range(len(train))), None)
+        train = TransformedSubset(train_base, [train.indices[i] for i in keep], train_tf)
     test = TransformedSubset(test_base, range(len(test_base)), eval_tf)
     if val is None:
         val = test

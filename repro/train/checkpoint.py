@@ -118,7 +118,8 @@ def candidate_folders(run_dir: Path, extra: Iterable[Path], kaggle_input: Path |
         d = Path(d)
         folders.append(d / CKPT_DIR if (d / CKPT_DIR).is_dir() else d)
     if kaggle_input is not None and kaggle_input.is_dir():
-        folders.extend(sorted({p.parent for p in kaggle_input.rglob("ckpt-*.pt")}))
+        from ..data.locate import walk_dirs  # bounded walk: an attached ImageNet has a million files
+        folders.extend(f for f in walk_dirs(kaggle_input, 6) if f.name == CKPT_DIR and list_checkpoints(f))
     unique = []
     for f in folders:
         if f not in unique:

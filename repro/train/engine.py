@@ -410,9 +410,18 @@ class Trainer:
                 continue
             self._refuse_or_force(self._check_compatible(state["config"], path, state.get("teacher")), path)
             self.load_state_dict(state)
+            self._carry_history(path.parent.parent)
             log.info("resumed from %s at step %d/%d", path, self.step, self.steps_total)
             return path
         return None
+
+    def _carry_history(self, source_run: Path) -> None:
+        """Resuming from another folder (e.g. the previous Kaggle session's output): bring its metrics along."""
+        mine, theirs = self.out / "metrics.jsonl", source_run / "metrics.jsonl"
+        if self.dist.is_main and source_run.resolve() != self.out.resolve() and theirs.is_file() \
+                and not mine.is_file():
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(mine, theirs.read_text())
 
     # ------------------------------------------------------------------------------------------- outputs
     def _write_json(self, name: str, data: dict) -> None:

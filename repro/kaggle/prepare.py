@@ -1,0 +1,354 @@
+"""`repro kaggle prepare`: turn a plan into pushable Kaggle kernel folders, one per run and session.
+
+Kaggle runs a committed notebook with papermill but injects no parameters, so each run's parameters are baked
+into its copy of the notebook (papermill prepare-only). Two cells are added to the copy, the source notebooks
+stay untouched: at the top, an offline install of this package from the attached code dataset (the wheel made
+by `repro kaggle bundle`, found by searching /kaggle/input, never touching Kaggle's torch); after the
+parameters, the pre-flight (refuses a GPU the installed torch cannot run, sets `nproc: auto` to the GPU count),
+the check that session k > 1 finds session k-1's checkpoints (added to `resume_from`), and the resolution of
+`kaggle-input:` references (see repro.kaggle.inputs).
+
+Session k of run R is kernel `<owner>/<slug_prefix>-<R>-s<k>` (slugified); it attaches the output of session
+k-1 through `kernel_sources` and runs the same notebook with the same out_dir under /kaggle/working, so the
+engine resumes from the newest checkpoint it finds under /kaggle/input. The layout written is
+`OUT/<run>/s<k>/{kernel-metadata.json, <notebook>.ipynb}`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..batch import find_notebook
+from ..errors import ReproError
+from ..plan import Plan, PlanRun, load_plan
+from .metadata import (GPU_SHAPES, KERNEL_METADATA_FILE, RETIRED_SHAPES, TPU_SHAPES, slugify,
+                       validate_kernel_metadata, write_metadata)
+from .sessions import DEFAULT_SESSION_BUDGET, session_budget_seconds
+
+WHEEL_PREFIX = "repro_lkt-"
+DISTRIBUTION = "repro-lkt"
+DEFAULT_CODE_DATASET = "repro-lkt-code"
+# Notebook parameters that `prepare` sets for every run on Kaggle.
+OUT_DIR_PARAM = "out_dir"
+TIME_BUDGET_PARAM = "time_budget"
+SETUP_TAG = "repro-kaggle-setup"
+SESSION_TAG = "repro-kaggle-session"
+
+
+@dataclass
+class KaggleSettings:
+    """The plan's `kaggle:` section (see kaggle/README.md); `runs` holds per-run overrides of the same keys.
+
+    Args:
+        owner: Kaggle user name owning the kernels and datasets (or --owner, or $KAGGLE_USERNAME).
+        slug_prefix: kernels are named `<slug_prefix>-<run>-s<session>`.
+        machine_shape: accelerator id (NvidiaTeslaT4, NvidiaTeslaT4Highmem = two T4, NvidiaL4, ...); null for CPU.
+        enable_gpu: defaults to whether machine_shape is a GPU.
+        code_dataset: the dataset made by `repro kaggle bundle` ('slug' under owner, or 'owner/slug').
+        data_sources: datasets holding the data ('owner/slug' or 'owner/slug/version'; '{owner}' is replaced).
+        kernel_sources: other notebooks whose outputs every session needs (e.g. a teacher run).
+        model_sources, competition_sources: passed through to kernel-metadata.json.
+        sessions: chained sessions per run (see `repro kaggle plan-sessions`).
+        time_budget: training budget of each session, under Kaggle's ~12 h limit.
+        working_dir: where runs write on Kaggle; out_dir = <working_dir>/<run name>.
+        private: keep the kernels private.
+        docker_image_pinning_type: original or latest (null leaves Kaggle's default).
+        keywords: kernel tags.
+        parameters: notebook parameters added on Kaggle only (after the plan's own).
+    """
+
+    owner: str | None = None
+    slug_prefix: str = "repro"
+    machine_shape: str | None = "NvidiaTeslaT4"
+    enable_gpu: bool | None = None
+    code_dataset: str = DEFAULT_CODE_DATASET
+    data_sources: list = field(default_factory=list)
+    kernel_sources: list = field(default_factory=list)
+    model_sources: list = field(default_factory=list)
+    competition_sources: list = field(default_factory=list)
+    sessions: int = 1
+    time_budget: str = DEFAULT_SESSION_BUDGET
+    working_dir: str = "/kaggle/working"
+    private: bool = True
+    docker_image_pinning_type: str | None = None
+    keywords: list = field(default_factory=list)
+    parameters: dict = field(default_factory=dict)
+    runs: dict = field(default_factory=dict)
+
+    def for_run(self, name: str) -> "KaggleSettings":
+        """These settings with the run's overrides from `runs` applied."""
+        override = self.runs.get(name) or {}
+        merged = {k: v for k, v in dataclasses.asdict(self).items() if k != "runs"}
+        if "machine_shape" in override and "enable_gpu" not in override:
+            merged["enable_gpu"] = None  # re-derived from the run's own accelerator
+        return parse_settings({**merged, **override}, f"kaggle.runs.{name}")
+
+
+# Expected types of the section's keys; the ones in _NULLABLE may also be null.
+_TYPES = {"owner": str, "slug_prefix": str, "machine_shape": str, "enable_gpu": bool, "code_dataset": str,
+          "data_sources": list, "kernel_sources": list, "model_sources": list, "competition_sources": list,
+          "sessions": int, "time_budget": (str, int, float), "working_dir": str, "private": bool,
+          "docker_image_pinning_type": str, "keywords": list, "parameters": dict, "runs": dict}
+_NULLABLE = {"owner", "machine_shape", "enable_gpu", "docker_image_pinning_type"}
+
+
+def parse_settings(section: dict, where: str = "kaggle") -> KaggleSettings:
+    """Check a plan's `kaggle:` mapping (names and types) and return KaggleSettings."""
+    if not isinstance(section, dict):
+        raise ReproError(f"the plan's {where} section should be a mapping, found {section!r}")
+    for key, value in section.items():
+        if key not in _TYPES:
+            close = difflib.get_close_matches(key, list(_TYPES), n=2)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(_TYPES)}"
+            raise ReproError(f"unknown key '{key}' in the plan's {where} section{hint}")
+        if value is None and key in _NULLABLE:
+            continue
+        expected = _TYPES[key]
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected in (int, (str, int, float))):
+            name = expected.__name__ if isinstance(expected, type) else "a duration like 11h15m"
+            raise ReproError(f"{where}.{key} expects {name}, found {value!r}; fix the plan")
+    settings = KaggleSettings(**section)
+    settings.time_budget = str(settings.time_budget)
+    if settings.sessions < 1:
+        raise ReproError(f"{where}.sessions should be 1 or more, found {settings.sessions}")
+    session_budget_seconds(settings.time_budget)
+    shape = settings.machine_shape
+    if shape is not None and shape not in GPU_SHAPES + TPU_SHAPES:
+        state = "is retired (Kaggle runs it on another accelerator)" if shape in RETIRED_SHAPES \
+            else "is not an accelerator id Kaggle offers"
+        raise ReproError(f"{where}.machine_shape '{shape}' {state}; use one of {', '.join(GPU_SHAPES)}, "
+                         "or null for CPU")
+    if settings.enable_gpu is None:
+        settings.enable_gpu = shape in GPU_SHAPES
+    for name, override in settings.runs.items():
+        if not isinstance(override, dict) or "runs" in override:
+            raise ReproError(f"{where}.runs.{name} should be a mapping of kaggle keys (not 'runs'), "
+                             f"found {override!r}")
+    return settings
+
+
+def install_cell_source(code_dataset_slug: str) -> str:
+    """The notebook cell installing this package offline from the wheel in an attached dataset."""
+    return f'''# Install {DISTRIBUTION} offline from the attached dataset "{code_dataset_slug}" (`repro kaggle bundle`).
+# Mount points vary (/kaggle/input/<slug>/, /kaggle/input/datasets/<owner>/<slug>/, ...): look a few levels
+# deep. pip takes every requirement from what the image has, so Kaggle's own torch is never touched.
+import glob, importlib, importlib.util, os, subprocess, sys
+_input = os.path.join(os.environ.get("REPRO_KAGGLE_ROOT", "/kaggle"), "input")
+_levels = [os.path.join(_input, *["*"] * depth) for depth in range(4)]
+_pattern = "{WHEEL_PREFIX}*.whl"
+_wheels = [w for lv in _levels for w in sorted(glob.glob(os.path.join(lv, "{code_dataset_slug}", _pattern)))] \\
+    or [w for lv in _levels for w in sorted(glob.glob(os.path.join(lv, _pattern)))]
+if _wheels:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--no-index",
+                           "--find-links", os.path.dirname(_wheels[0]), "{DISTRIBUTION}"])
+    importlib.invalidate_caches()
+elif importlib.util.find_spec("repro") is None:
+    raise RuntimeError("{DISTRIBUTION} is not installed and no {WHEEL_PREFIX}*.whl was found under " + _input
+                       + ": attach the dataset '{code_dataset_slug}' built by `repro kaggle bundle`")
+import repro
+print("repro", repro.__version__, "from", os.path.dirname(repro.__file__))
+'''
+
+
+def session_cell_source(run: str, session: int, sessions: int, previous: str | None, *,
+                        input_refs: list[str] = (), auto_nproc: bool = False, resume_param: bool = False) -> str:
+    """The cell after the parameters: pre-flight, previous session's output, `kaggle-input:` paths."""
+    lines = [f"# Session {session} of {sessions} of run '{run}' (added by `repro kaggle prepare`).",
+             "from repro.kaggle.inputs import require_previous_session, resolve_input_refs",
+             "from repro.kaggle.preflight import format_preflight, preflight",
+             "# Refuses a GPU this torch cannot run (e.g. a P100); probes in a child process, so CUDA stays",
+             "# uninitialised here for a torchrun launch.",
+             "_preflight = preflight()",
+             "print(format_preflight(_preflight))"]
+    if auto_nproc:
+        lines.append('nproc = _preflight["world_size"]  # nproc "auto": one process per visible GPU')
+    if session > 1:
+        # The notebook's out_dir parameter receives the run's history (config.yaml, metrics.jsonl).
+        found = f"require_previous_session({run!r}, {session}, previous={previous!r}, out_dir={OUT_DIR_PARAM})"
+        lines.append(f"resume_from = list(resume_from) + [str({found})]" if resume_param else found)
+    lines += [f"{name} = resolve_input_refs({name})" for name in input_refs]
+    return "\n".join(lines) + "\n"
+
+
+def _sources(refs: list, owner: str, where: str) -> list[str]:
+    out = []
+    for ref in refs:
+        if not isinstance(ref, str):
+            raise ReproError(f"{where} should list 'owner/slug' strings, found {ref!r}")
+        ref = ref.replace("{owner}", owner)
+        out.append(ref if "/" in ref else f"{owner}/{ref}")
+    return out
+
+
+def kernel_slug(settings: KaggleSettings, run: str, session: int) -> str:
+    """The kernel slug of a run's session, e.g. repro-slak-tiny-cifar100-s2."""
+    return slugify(kernel_title(settings, run, session))
+
+
+def kernel_title(settings: KaggleSettings, run: str, session: int) -> str:
+    """A title that slugifies to the kernel slug (Kaggle derives the URL from the title)."""
+    return f"{settings.slug_prefix} {run} s{session}".strip()
+
+
+def kernel_metadata(settings: KaggleSettings, run: str, session: int, code_file: str) -> dict:
+    """kernel-metadata.json for session `session` of `run`."""
+    owner = settings.owner
+    code = settings.code_dataset if "/" in settings.code_dataset else f"{owner}/{settings.code_dataset}"
+    kernel_sources = _sources(settings.kernel_sources, owner, "kaggle.kernel_sources")
+    if session > 1:
+        kernel_sources.append(f"{owner}/{kernel_slug(settings, run, session - 1)}")
+    meta = {
+        "id": f"{owner}/{kernel_slug(settings, run, session)}",
+        "title": kernel_title(settings, run, session),
+        "code_file": code_file,
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": settings.private,
+        "enable_gpu": settings.enable_gpu,
+        "enable_tpu": False,
+        "enable_internet": False,
+        "dataset_sources": [code, *_sources(settings.data_sources, owner, "kaggle.data_sources")],
+        "competition_sources": list(settings.competition_sources),
+        "kernel_sources": kernel_sources,
+        "model_sources": list(settings.model_sources),
+        "keywords": list(settings.keywords),
+    }
+    if settings.machine_shape:
+        meta["machine_shape"] = settings.machine_shape
+    if settings.docker_image_pinning_type:
+        meta["docker_image_pinning_type"] = settings.docker_image_pinning_type
+    return meta
+
+
+def _kaggle_parameters(run: PlanRun, settings: KaggleSettings) -> dict[str, Any]:
+    params = {**run.parameters, **settings.parameters}
+    params[OUT_DIR_PARAM] = f"{settings.working_dir.rstrip('/')}/{run.name}"
+    params[TIME_BUDGET_PARAM] = settings.time_budget
+    return params
+
+
+def _has_input_ref(value: Any) -> bool:
+    from .inputs import INPUT_REF
+    if isinstance(value, (list, tuple)):
+        return any(_has_input_ref(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_input_ref(v) for v in value.values())
+    return isinstance(value, str) and INPUT_REF in value
+
+
+def _papermill():
+    try:
+        import nbformat
+        import papermill
+    except ImportError:
+        raise ReproError("`repro kaggle prepare` needs papermill and nbformat: "
+                         "pip install 'repro-lkt[notebooks]'") from None
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # no per-notebook "Input Notebook" lines
+    return nbformat, papermill
+
+
+def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
+    """The parameters `source` declares (papermill, offline); refuses any in `parameters` it does not declare.
+
+    papermill would inject an undeclared parameter anyway and the notebook would silently ignore it.
+    """
+    _, papermill = _papermill()
+    declared = papermill.inspect_notebook(str(source))
+    if not declared:
+        raise ReproError(f"{source} has no cell tagged 'parameters', so its parameters cannot be baked in; "
+                         "tag the defaults cell with 'parameters'")
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ReproError(f"{source} declares no parameter {', '.join(unknown)} (it declares "
+                         f"{', '.join(declared)}); fix the plan, or the notebook's parameters cell")
+    return declared
+
+
+def bake_notebook(source: Path, dest: Path, parameters: dict[str, Any], *, code_dataset_slug: str,
+                  run: str, session: int, sessions: int, previous: str | None) -> None:
+    """Write `source` with `parameters` injected (papermill prepare-only) and the Kaggle cells added."""
+    nbformat, papermill = _papermill()
+    declared = check_parameters(source, parameters)
+    nb = papermill.execute_notebook(str(source), str(dest), parameters=parameters, prepare_only=True,
+                                    kernel_name="python3", language="python", progress_bar=False)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    setup = nbformat.v4.new_code_cell(install_cell_source(code_dataset_slug))
+    setup.metadata["tags"] = [SETUP_TAG]
+    check = nbformat.v4.new_code_cell(session_cell_source(
+        run, session, sessions, previous, input_refs=[k for k, v in parameters.items() if _has_input_ref(v)],
+        auto_nproc=parameters.get("nproc") == "auto", resume_param="resume_from" in declared))
+    check.metadata["tags"] = [SESSION_TAG]
+    position = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(position + 1, check)
+    nb.cells.insert(0, setup)
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    nbformat.write(nb, str(dest))
+
+
+def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None = None,
+                 runs: list[str] | None = None) -> list[Path]:
+    """Write one kernel folder per run and session under `out` and return them (sessions in push order).
+
+    `owner` overrides the plan's kaggle.owner; `runs` limits the output to those run names. Every kernel's
+    metadata is validated before anything is written. `out/kernels-<plan name>.json` lists the kernels.
+    """
+    plan = plan if isinstance(plan, Plan) else load_plan(plan)
+    base = parse_settings(plan.kaggle)
+    base.owner = owner or base.owner or os.environ.get("KAGGLE_USERNAME")
+    if not base.owner:
+        raise ReproError(f"no Kaggle owner: set kaggle.owner in {plan.path}, pass --owner YOUR_KAGGLE_NAME "
+                         "or set KAGGLE_USERNAME")
+    names = [r.name for r in plan.runs]
+    for label, asked in (("--run", runs or []), ("kaggle.runs", list(base.runs))):
+        missing = sorted(set(asked) - set(names))
+        if missing:
+            raise ReproError(f"{label} names {', '.join(missing)}, which are not runs of {plan.path}; "
+                             f"it has {', '.join(names)}")
+    jobs, ids = [], {}
+    for run in plan.runs:
+        if runs and run.name not in runs:
+            continue
+        settings = base.for_run(run.name)
+        settings.owner = base.owner
+        source = find_notebook(run.notebook, Path(plan.path).parent)
+        check_parameters(source, _kaggle_parameters(run, settings))
+        for session in range(1, settings.sessions + 1):
+            meta = kernel_metadata(settings, run.name, session, source.name)
+            problems = validate_kernel_metadata(meta)
+            if problems:
+                raise ReproError(f"run '{run.name}' session {session} would get invalid kernel metadata "
+                                 "(fix the plan's kaggle section):\n  - " + "\n  - ".join(problems))
+            if meta["id"] in ids:
+                raise ReproError(f"runs '{ids[meta['id']]}' and '{run.name}' both map to kernel {meta['id']}; "
+                                 "rename one of them in the plan")
+            ids[meta["id"]] = run.name
+            jobs.append((run, settings, source, session, meta))
+    out = Path(out)
+    written, index = [], []
+    for run, settings, source, session, meta in jobs:
+        folder = out / run.name / f"s{session}"
+        folder.mkdir(parents=True, exist_ok=True)
+        bake_notebook(source, folder / source.name, _kaggle_parameters(run, settings),
+                      code_dataset_slug=settings.code_dataset.split("/")[-1], run=run.name, session=session,
+                      sessions=settings.sessions, previous=meta["kernel_sources"][-1] if session > 1 else None)
+        write_metadata(folder, meta, "kernel")
+        written.append(folder)
+        index.append({"run": run.name, "session": session, "sessions": settings.sessions, "id": meta["id"],
+                      "folder": str(folder)})
+        if session == settings.sessions:
+            # Session folders left by an earlier prepare with more sessions would chain to nothing.
+            for stale in (out / run.name).glob("s*"):
+                if stale.name[1:].isdigit() and int(stale.name[1:]) > session \
+                        and (stale / KERNEL_METADATA_FILE).is_file():
+                    shutil.rmtree(stale)
+    (out / f"kernels-{Path(plan.path).stem}.json").write_text(json.dumps(index, indent=2) + "\n")
+    return written
