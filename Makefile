@@ -36,6 +36,7 @@ report: $(STAMP)
 
 notebooks: $(STAMP)
 	$(PY) -m jupytext --sync notebooks/*.py
+	cp notebooks/*.ipynb repro/notebooks/
 
 clean-venv:
 	rm -rf $(VENV)

@@ -110,17 +110,38 @@ def test_corrupt_newest_checkpoint_is_skipped(straight, tmp_path, caplog):
     assert summary["state_digest"] == straight[1]["state_digest"]
 
 
-def test_time_budget_stops_cleanly_then_completes(tmp_path):
+def test_time_budget_stops_cleanly_then_completes(tmp_path, monkeypatch):
+    """On a simulated clock (each reading 0.25 s later) a 3 s budget ends mid-run, inside the budget."""
+    from repro.train import TimeBudget
+
+    ticks = iter(range(10 ** 9))
+    monkeypatch.setattr(TimeBudget, "clock", staticmethod(lambda: 0.25 * next(ticks)))
     out = tmp_path / "run"
-    over = ["train.epochs=1", "train.batch_size=32"]
-    first = train(cfg_for(*over), out, time_budget=4, progress=False)
+    over = ["train.epochs=2", "data.train_limit=320", "train.batch_size=32", "sparse.sparsity=0"]
+    first = train(cfg_for(*over), out, time_budget=3, progress=False)
     assert first["status"] == "stopped" and first["stop_reason"] == "time_budget"
     assert 0 < first["steps_done"] < first["steps_total"]
-    assert first["wall_time_s"] < 4.0 + 3.0  # stopped inside the budget, with the save
-    assert list_checkpoints(out / "checkpoints")
+    assert first["wall_time_s"] <= 3.0
+    assert list_checkpoints(out / "checkpoints")[0].name == f"ckpt-{first['steps_done']:08d}.pt"
+    monkeypatch.undo()
     second = train(cfg_for(*over), out, progress=False)
     assert second["status"] == "complete" and second["steps_done"] == second["steps_total"]
     assert second["resumes"] == 1
+
+
+def test_time_budget_margin_grows_with_slow_saves():
+    from repro.train import TimeBudget
+
+    now = [0.0]
+    budget = TimeBudget(100, margin=5)
+    budget.clock = lambda: now[0]
+    budget.start = 0.0
+    now[0] = 90.0
+    assert not budget.exhausted(step_seconds=4)  # 90 + 4 + 5 <= 100
+    assert budget.exhausted(step_seconds=6)
+    budget.record_save(4)  # a slow save: the margin becomes 8
+    assert budget.exhausted(step_seconds=4)
+    assert not TimeBudget(None).exhausted(1e9)
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
@@ -142,11 +163,12 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
 
 def test_different_config_is_refused_unless_forced(tmp_path):
     out = tmp_path / "run"
-    train(cfg_for("train.epochs=1"), out, max_steps=2, progress=False)
+    train(cfg_for("train.epochs=1", "data.train_limit=256"), out, max_steps=2, progress=False)
     with pytest.raises(ReproError) as err:
-        train(cfg_for("train.epochs=1", "train.lr=1e-3"), out, progress=False)
+        train(cfg_for("train.epochs=1", "data.train_limit=256", "train.lr=1e-3"), out, progress=False)
     assert "train.lr" in str(err.value) and "--force" in str(err.value)
-    summary = train(cfg_for("train.epochs=1", "train.lr=1e-3"), out, max_steps=3, force=True, progress=False)
+    summary = train(cfg_for("train.epochs=1", "data.train_limit=256", "train.lr=1e-3"), out, max_steps=3,
+                    force=True, progress=False)
     assert summary["steps_done"] == 3
 
 

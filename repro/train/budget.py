@@ -39,9 +39,11 @@ class TimeBudget:
     seconds and at most 10 minutes, and grows to twice the slowest save seen.
     """
 
+    clock = staticmethod(time.monotonic)  # replaceable, so tests can run a budget on simulated time
+
     def __init__(self, seconds: float | None, margin: float | None = None):
         self.seconds = seconds
-        self.start = time.monotonic()
+        self.start = self.clock()
         if margin is None and seconds is not None:
             margin = min(600.0, max(0.05 * seconds, min(5.0, 0.2 * seconds)))
         self.margin = margin or 0.0
@@ -49,7 +51,7 @@ class TimeBudget:
 
     def elapsed(self) -> float:
         """Seconds since this session's budget started."""
-        return time.monotonic() - self.start
+        return self.clock() - self.start
 
     def record_save(self, seconds: float) -> None:
         """Remember how long a checkpoint took, so the final one fits."""

@@ -1,0 +1,353 @@
+"""`repro batch`: execute a plan's notebooks with papermill, one run folder each, resumable.
+
+Each run of the plan (see `repro.plan`) is its notebook executed with the run's parameters plus
+`out_dir=<out>/<name>` (unless the plan gives one). The run folder receives the executed notebook
+(executed.ipynb), papermill's log with every cell's output (papermill.log) and batch.json (status, parameters,
+duration). A failing run does not stop the others; it is reported at the end. Running the plan again skips
+complete runs (summary.json says complete) and re-executes the others, which resume from their newest
+checkpoint because the training engine continues a run folder it is given again.
+
+Also here: `train_subprocess`, which runs the training engine under torchrun from a notebook (DDP over several
+GPUs, e.g. Kaggle's T4 x2) without touching CUDA in the notebook's own process.
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import ReproError
+from .plan import PlanRun, load_plan
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# notebooks/ of a source checkout (editable install) and the copies shipped inside the package (wheel).
+NOTEBOOK_DIRS = (PACKAGE_DIR.parent / "notebooks", PACKAGE_DIR / "notebooks")
+
+
+def find_notebook(name: str | Path, base_dir: str | Path | None = None) -> Path:
+    """Resolve a notebook: a path (absolute, or relative to `base_dir` or the working directory), or a name
+    in the repository's notebooks/ folder or in the copies shipped with the package."""
+    name = Path(name)
+    if name.suffix == ".py":  # the jupytext twin of a notebook: papermill needs the .ipynb
+        name = name.with_suffix(".ipynb")
+    elif name.suffix != ".ipynb":
+        name = name.with_name(name.name + ".ipynb")
+    candidates = [name] if name.is_absolute() else \
+        ([Path(base_dir) / name] if base_dir else []) + [name] + [d / name for d in NOTEBOOK_DIRS]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ReproError(f"notebook '{name}' not found; looked in {', '.join(str(c.parent) for c in candidates)}. "
+                     "Give a path to an .ipynb file or the name of one in notebooks/ (train.ipynb, "
+                     "evaluate.ipynb, report.ipynb)")
+
+
+def check_kernel(kernel: str) -> None:
+    """Fail early, with the fix, when the Jupyter kernel papermill should use is not installed."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    if kernel not in specs:
+        raise ReproError(f"Jupyter kernel '{kernel}' is not installed (found: {', '.join(sorted(specs)) or 'none'}); "
+                         f"install it with `{sys.executable} -m ipykernel install --sys-prefix --name {kernel}` "
+                         "or pass --kernel NAME")
+
+
+def _pythonpath_with_checkout(current: str | None) -> str | None:
+    """PYTHONPATH for a child process, led by this source checkout when `repro` runs from one.
+
+    An installed package (site-packages) is left alone: the child finds it the usual way, and putting
+    site-packages on PYTHONPATH could mix it into a kernel of another Python.
+    """
+    root = PACKAGE_DIR.parent
+    if not (root / "setup.cfg").is_file():
+        return current
+    return os.pathsep.join([str(root)] + ([current] if current else []))
+
+
+@contextlib.contextmanager
+def _kernel_imports_this_package() -> Iterator[None]:
+    """Let the notebook kernel import this very `repro` (a source checkout need not be installed)."""
+    old = os.environ.get("PYTHONPATH")
+    new = _pythonpath_with_checkout(old)
+    if new is not None:
+        os.environ["PYTHONPATH"] = new
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+@contextlib.contextmanager
+def _papermill_log(path: Path, echo: bool) -> Iterator[None]:
+    """Send papermill's messages and the notebook's output to `path` (and to stderr when `echo`)."""
+    logger = logging.getLogger("papermill")
+    handlers = [logging.FileHandler(path, mode="a", encoding="utf-8")]
+    if echo:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for h in handlers:
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s" if h is handlers[0]
+                                         else "%(message)s"))
+        logger.addHandler(h)
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the console shows papermill's progress bar, not every log line
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def run_state(run_dir: Path, parameters: dict[str, Any]) -> str | None:
+    """'complete' when a run need not execute again: its summary says complete, or (for a notebook that
+    trains nothing) its last batch execution succeeded with the same parameters; None otherwise."""
+    summary = _read_json(run_dir / "summary.json")
+    if summary is not None:
+        return "complete" if summary.get("status") == "complete" else None
+    record = _read_json(run_dir / "batch.json")
+    if record and record.get("status") == "complete" and record.get("parameters") == _jsonable(parameters):
+        return "complete"
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _execute(run: PlanRun, notebook: Path, run_dir: Path, parameters: dict[str, Any], *, kernel: str,
+             progress: bool, log_output: bool) -> tuple[str, str | None]:
+    """Execute one notebook into its run folder; returns (status, error message)."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    executed = run_dir / "executed.ipynb"
+    error = None
+    with _papermill_log(run_dir / "papermill.log", echo=log_output), _kernel_imports_this_package():
+        logging.getLogger("papermill").info("repro batch: run %s, notebook %s, parameters %s", run.name, notebook,
+                                            json.dumps(_jsonable(parameters)))
+        try:
+            pm.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name=kernel,
+                                progress_bar=progress, log_output=True, cwd=os.getcwd())
+        except PapermillExecutionError as exc:
+            error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+        except Exception as exc:  # a dead kernel or unreadable notebook fails this run only
+            error = f"{type(exc).__name__}: {exc}"
+        if error:
+            logging.getLogger("papermill").error("repro batch: run %s failed: %s", run.name, error)
+    if error:
+        return "failed", error
+    summary = _read_json(run_dir / "summary.json")
+    return (summary.get("status", "complete") if summary else "complete"), None
+
+
+def _copy_executed(record: dict[str, Any], notebooks_out: str | Path | None) -> None:
+    if notebooks_out and record["executed"].is_file():
+        Path(notebooks_out).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(record["executed"], Path(notebooks_out) / f"{record['name']}.ipynb")
+
+
+def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir: str | Path | None = None,
+                  notebooks_out: str | Path | None = None, kernel: str = "python3", progress: bool = True,
+                  log_output: bool = False, requires: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Execute each run's notebook (skipping complete runs); returns one record per run.
+
+    A record holds name, notebook, run_dir, status (complete, stopped, failed or skipped), error, seconds,
+    executed (the executed notebook) and log. `requires` maps a run's name to an earlier run that must be
+    complete first (e.g. a distilled student to its teacher); otherwise the run is not executed and fails.
+    """
+    runs = list(runs)
+    check_kernel(kernel)
+    records = []
+    done = {}
+    for i, run in enumerate(runs, start=1):
+        parameters = dict(run.parameters)
+        run_dir = Path(parameters.get("out_dir") or Path(out) / run.name)
+        parameters["out_dir"] = str(run_dir)
+        record: dict[str, Any] = {"name": run.name, "notebook": run.notebook, "run_dir": run_dir,
+                                  "status": None, "error": None, "seconds": 0.0,
+                                  "executed": run_dir / "executed.ipynb", "log": run_dir / "papermill.log"}
+        records.append(record)
+        prefix = f"[{i}/{len(runs)}] {run.name}"
+        needed = (requires or {}).get(run.name)
+        if needed and done.get(needed) not in ("complete", "skipped"):
+            record.update(status="failed", error=f"not run: {needed} did not complete")
+            done[run.name] = "failed"
+            print(f"{prefix}: {record['error']}", flush=True)
+            continue
+        if run_state(run_dir, parameters) == "complete":
+            record["status"] = done[run.name] = "skipped"
+            old = _read_json(run_dir / "batch.json")
+            if old and old.get("parameters") not in (None, _jsonable(parameters)):
+                print(f"{prefix}: complete, but its parameters changed since; delete {run_dir} to run it again",
+                      flush=True)
+            else:
+                print(f"{prefix}: complete, skipped ({run_dir})", flush=True)
+            _copy_executed(record, notebooks_out)
+            continue
+        try:
+            notebook = find_notebook(run.notebook, base_dir)
+        except ReproError as exc:
+            record.update(status="failed", error=str(exc))
+            done[run.name] = "failed"
+            print(f"{prefix}: failed: {exc}", flush=True)
+            continue
+        print(f"{prefix}: executing {notebook.name} -> {run_dir}", flush=True)
+        start = time.monotonic()
+        status, error = _execute(run, notebook, run_dir, parameters, kernel=kernel, progress=progress,
+                                 log_output=log_output)
+        record.update(status=status, error=error, seconds=round(time.monotonic() - start, 1))
+        done[run.name] = status
+        (run_dir / "batch.json").write_text(json.dumps(
+            {"name": run.name, "notebook": str(notebook), "parameters": _jsonable(parameters), "status": status,
+             "error": error, "seconds": record["seconds"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            indent=2) + "\n")
+        _copy_executed(record, notebooks_out)
+        detail = f": {error}" if error else ""
+        print(f"{prefix}: {status} in {record['seconds']:.0f} s{detail}", flush=True)
+    return records
+
+
+def run_plan(plan_path: str | Path, out: str | Path = "runs", *, only: Iterable[str] | None = None,
+             notebooks_out: str | Path | None = None, kernel: str = "python3", progress: bool = True,
+             log_output: bool = False) -> list[dict[str, Any]]:
+    """Execute a plan's runs (or only the named ones) into `out/<name>`; returns one record per run."""
+    plan = load_plan(plan_path)
+    runs = plan.runs
+    if only:
+        names = [r.name for r in runs]
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ReproError(f"--only names {', '.join(unknown)}, which the plan {plan.path} does not have; "
+                             f"its runs are: {', '.join(names)}")
+        runs = [r for r in runs if r.name in set(only)]
+    return run_notebooks(runs, out, base_dir=plan.path.parent, notebooks_out=notebooks_out, kernel=kernel,
+                         progress=progress, log_output=log_output)
+
+
+def status_table(records: list[dict[str, Any]]) -> str:
+    """A plain-text table of each run's status (for the end of a batch)."""
+    rows = [("run", "status", "time", "folder / error")]
+    for r in records:
+        rows.append((r["name"], r["status"] or "-", f"{r['seconds']:.0f} s" if r["seconds"] else "-",
+                     r["error"] if r["error"] else str(r["run_dir"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3] for row in rows)
+
+
+# ------------------------------------------------------------------------------------- multi-GPU launcher
+
+def train_command(*, nproc: int, preset: str | None = None, config_file: str | None = None,
+                  overrides: Iterable[str] = (), out_dir: str | Path, max_steps: int | None = None,
+                  time_budget: str | float | None = None, checkpoint_every: int | None = None,
+                  seed: int | None = None, device: str | None = None,
+                  resume_from: Iterable[str | Path] = ()) -> list[str]:
+    """The `torchrun --nproc_per_node=N -m repro train ...` command line for these arguments."""
+    if nproc < 1:
+        raise ReproError(f"nproc should be the number of processes (GPUs) to train with, at least 1; found {nproc}")
+    if bool(preset) == bool(config_file):
+        raise ReproError("give exactly one of preset and config_file")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "repro", "train", "--out", str(out_dir)]
+    cmd += ["--preset", preset] if preset else ["--config", str(config_file)]
+    for text in overrides:
+        cmd += ["--set", str(text)]
+    for flag, value in (("--max-steps", max_steps), ("--time-budget", time_budget),
+                        ("--checkpoint-every", checkpoint_every), ("--seed", seed), ("--device", device)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    for folder in resume_from:
+        cmd += ["--resume-from", str(folder)]
+    return cmd
+
+
+def train_subprocess(*, nproc: int, out_dir: str | Path, **kwargs: Any) -> dict:
+    """Train under torchrun in a child process, streaming its output; returns the run's summary.
+
+    The calling process never initialises CUDA, which DDP launched from a notebook requires. Keyword
+    arguments are those of `train_command`.
+    """
+    cmd = train_command(nproc=nproc, out_dir=out_dir, **kwargs)
+    print(" ".join(cmd[1:]), flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pythonpath = _pythonpath_with_checkout(env.get("PYTHONPATH"))
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    try:
+        # Raw chunks rather than lines: progress bars redraw with '\r' and would otherwise appear only at the end.
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            sys.stdout.write(decoder.decode(chunk))
+            sys.stdout.flush()
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()  # torchrun forwards it: the workers checkpoint and stop
+        proc.wait()
+        raise
+    if code != 0:
+        raise ReproError(f"distributed training exited with status {code}; its output is above. The run folder "
+                         f"{out_dir} keeps the last checkpoint: run the same cell again to resume")
+    summary = _read_json(Path(out_dir) / "summary.json")
+    if summary is None:
+        raise ReproError(f"training finished but {Path(out_dir) / 'summary.json'} is missing or unreadable")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `batch` subcommand."""
+    p = subparsers.add_parser(
+        "batch", help="execute a plan's notebooks with papermill (resumable; goes on past failures)",
+        description="Execute every run of PLAN (a YAML list or grid of notebook + parameters) with papermill "
+                    "into OUT/<name>/ (executed.ipynb, papermill.log, and the run's own files). Complete runs are "
+                    "skipped, stopped ones resume; a failing run does not stop the others. Exit status 1 when a "
+                    "run failed.")
+    p.add_argument("plan", help="plan YAML file (see repro/plan.py for the format)")
+    p.add_argument("--out", default="runs", help="parent folder of the run folders (default: runs)")
+    p.add_argument("--notebooks-out", metavar="DIR", help="also copy each executed notebook to DIR/<name>.ipynb")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="execute only these runs of the plan")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    p.add_argument("--log-output", action="store_true",
+                   help="stream every cell's output to the terminal (always written to papermill.log)")
+    p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the plan, print the status table; 1 when any run failed."""
+    records = run_plan(args.plan, args.out, only=args.only, notebooks_out=args.notebooks_out, kernel=args.kernel,
+                       progress=not args.no_progress, log_output=args.log_output)
+    print()
+    print(status_table(records))
+    failed = [r["name"] for r in records if r["status"] == "failed"]
+    if failed:
+        print(f"\n{len(failed)} of {len(records)} runs failed: {', '.join(failed)}; their papermill.log and "
+              "executed.ipynb show where. Fix and run the same command again: complete runs are skipped.",
+              file=sys.stderr)
+        return 1
+    return 0
