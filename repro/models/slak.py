@@ -42,18 +42,90 @@ def crop_kernel_to_input(
     return weight[..., ch:kh - ch, cw:kw - cw], (ph - ch, pw - cw)
 
 
-class LargeKernelConv2d(nn.Conv2d):
-    """Stride-1 zero-padded conv that skips the kernel taps which only see padding (exact, see crop_kernel_to_input)."""
+def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, padding: Tuple[int, int]) -> torch.Tensor:
+    """Weight gradient (C, 1, kh, kw) of a stride-1 depthwise conv, computed as one depthwise forward conv.
 
-    def __init__(self, *args, crop: bool = True, **kwargs):
+    dL/dw[c, a, b] = sum over n, i, j of x_padded[n, c, i + a, j + b] * grad_out[n, c, i, j]: a depthwise conv
+    of the N * C input maps with the N * C gradient maps as kernels, summed over the batch. On CPU this runs
+    5-25x faster than PyTorch's own depthwise weight gradient. Wide kernels (kw > kh) are computed on the
+    spatially transposed maps, where oneDNN's depthwise kernel is fast, and transposed back.
+    """
+    n, c, h, w = x.shape
+    ho, wo = grad_out.shape[-2:]
+    kh, kw = h + 2 * padding[0] - ho + 1, w + 2 * padding[1] - wo + 1
+    if kh * kw == 1:  # a 1x1 kernel is a plain product; the conv route is pathologically slow there
+        return (x * grad_out).sum((0, 2, 3)).reshape(c, 1, 1, 1)
+    if kw > kh:
+        return depthwise_weight_grad(x.transpose(-1, -2), grad_out.transpose(-1, -2),
+                                     (padding[1], padding[0])).transpose(-1, -2)
+    maps = x.transpose(0, 1).reshape(1, c * n, h, w)
+    kernels = grad_out.transpose(0, 1).reshape(c * n, 1, ho, wo)
+    return F.conv2d(maps, kernels, None, 1, padding, 1, c * n).view(c, n, kh, kw).sum(1, keepdim=True)
+
+
+def depthwise_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, padding: Tuple[int, int]) -> torch.Tensor:
+    """Input gradient of a stride-1 depthwise conv with padding p <= k - 1: the same conv, kernel flipped, padding
+    k - 1 - p (a forward conv, faster on CPU than PyTorch's depthwise input gradient)."""
+    kh, kw = weight.shape[-2:]
+    return F.conv2d(grad_out, weight.flip(-2, -1), None, 1, (kh - 1 - padding[0], kw - 1 - padding[1]), 1,
+                    weight.shape[0])
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """Stride-1 depthwise conv whose weight gradient comes from `depthwise_weight_grad` (exact, faster on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return F.conv2d(x, weight, bias, 1, padding, 1, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            if ctx.padding[0] < weight.shape[-2] and ctx.padding[1] < weight.shape[-1]:
+                grad_x = depthwise_input_grad(grad_out, weight, ctx.padding)
+            else:  # wider padding than the flipped form can express
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad_out, x, weight, None, (1, 1), ctx.padding, (1, 1), False, (0, 0), x.shape[1],
+                    (True, False, False))[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = depthwise_weight_grad(x, grad_out, ctx.padding).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+class LargeKernelConv2d(nn.Conv2d):
+    """Stride-1 zero-padded conv that skips the kernel taps which only see padding (exact, see crop_kernel_to_input).
+
+    When depthwise and training on CPU (outside autocast), its weight gradient is computed by
+    `depthwise_weight_grad` unless `fast_backward` is False; outputs and gradients are the plain conv's.
+    """
+
+    def __init__(self, *args, crop: bool = True, fast_backward: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.crop = (crop and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding_mode == 'zeros'
-                     and isinstance(self.padding, tuple))
+        plain = (self.stride == (1, 1) and self.dilation == (1, 1) and self.padding_mode == 'zeros'
+                 and isinstance(self.padding, tuple))
+        self.crop = crop and plain
+        self.fast_backward = fast_backward and plain and self.groups == self.in_channels == self.out_channels
+
+    def _use_fast_backward(self, x: torch.Tensor) -> bool:
+        """The custom weight gradient pays off for CPU training in float; autocast keeps the native path."""
+        return (self.fast_backward and x.device.type == 'cpu' and torch.is_grad_enabled()
+                and (x.requires_grad or self.weight.requires_grad) and not torch.is_autocast_enabled('cpu')
+                and x.dim() == 4 and x.shape[1] == self.in_channels)
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        if not self.crop:
+        if not self.crop and not self.fast_backward:
             return super()._conv_forward(x, weight, bias)
-        weight, padding = crop_kernel_to_input(weight, x.shape[-2], x.shape[-1], self.padding)
+        padding = self.padding
+        if self.crop:
+            weight, padding = crop_kernel_to_input(weight, x.shape[-2], x.shape[-1], padding)
+        if self._use_fast_backward(x):
+            return _DepthwiseConv2d.apply(x, weight, bias, tuple(padding))
         return F.conv2d(x, weight, bias, 1, padding, 1, self.groups)
 
 

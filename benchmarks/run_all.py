@@ -1,0 +1,518 @@
+"""All speed and memory benchmarks in one command; writes its results into benchmarks/README.md.
+
+    python benchmarks/run_all.py                    # what `make bench` runs (a few minutes on 2 CPU cores)
+    python benchmarks/run_all.py --quick            # smaller batches, fewer steps
+    python benchmarks/run_all.py --device cuda --precision fp16 --channels-last
+    python benchmarks/run_all.py --include-suite    # also times `repro quickstart` and the test suite
+
+Measures, on one device and in one process (so that ratios are not skewed by other load on the machine):
+  * training: images/s of a full step (forward, backward, AdamW step; plus the masking step of
+    DynamicSparsity at 40% sparsity for SLaK-T) for SLaK-T, the paper's ConvNeXt-T student (l2s_convnext_tiny)
+    and timm's ConvNeXt-T at 32x32 and 224x224, the three models' steps interleaved round-robin; the
+    SLaK-T/ConvNeXt-T ratio; achieved GFLOP/s (6 FLOPs per multiply-accumulate of the forward, as executed);
+    peak memory (CPU: the maxrss growth of a child process doing the same steps; CUDA: the allocator's peak);
+  * the exact CPU depthwise backward of repro.models.slak (on vs off) for SLaK-T;
+  * inference: images/s of SLaK-T's training form against its deploy forms (repro.models.reparameterize);
+  * distillation: the cost of the teacher's forward (repro.distill.Teacher: deploy form under inference mode,
+    against the training form and against a plain forward with autograd on) next to a student step;
+  * masking: DynamicSparsity.step() against a train step (benchmarks/bench_sparse.py);
+  * with --include-suite: wall time of `python -m repro quickstart` and of `pytest -m "not slow" tests`.
+Timing: warm-up rounds excluded, median over the timed rounds. Nothing is asserted.
+"""
+import argparse
+import contextlib
+import copy
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+
+from repro.models import count_flops, create_model, reparameterize  # noqa: E402
+from repro.models.slak import LargeKernelConv2d  # noqa: E402
+
+README = ROOT / 'benchmarks' / 'README.md'
+MODELS = {'SLaK-T': 'slak_tiny', 'student ConvNeXt-T': 'l2s_convnext_tiny', 'timm ConvNeXt-T': 'convnext_tiny'}
+NUM_CLASSES = 100
+SPARSITY = 0.4
+MIB = 2 ** 20
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _amp_dtype(precision: str):
+    return {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}[precision]
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = _amp_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def set_fast_backward(model: torch.nn.Module, on: bool) -> torch.nn.Module:
+    """Turn the exact CPU depthwise backward of every large-kernel conv on or off."""
+    for m in model.modules():
+        if isinstance(m, LargeKernelConv2d):
+            m.fast_backward = on and m.groups == m.in_channels == m.out_channels
+    return model
+
+
+def interleaved(fns: dict, warmup: int, steps: int, device: torch.device) -> dict:
+    """{name: [seconds per call]} of the timed rounds; each round calls every fn once, in turn."""
+    times = {k: [] for k in fns}
+    for r in range(warmup + steps):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _median(values):
+    return statistics.median(values) if values else float('nan')
+
+
+class Trainer:
+    """One model's training step on a fixed batch: forward, cross-entropy, backward, AdamW, masking, zero_grad."""
+
+    def __init__(self, name: str, size: int, batch: int, device: torch.device, precision: str,
+                 channels_last: bool, sparse: bool, fast_backward: bool = True, seed: int = 0):
+        torch.manual_seed(seed)
+        self.name, self.size, self.batch, self.device, self.precision = name, size, batch, device, precision
+        model = create_model(name, num_classes=NUM_CLASSES, img_size=size)
+        set_fast_backward(model, fast_backward)
+        self.macs = count_flops(model, size, as_executed=True)['dense']
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=fmt).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05)
+        gen = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(batch, 3, size, size, generator=gen).to(device, memory_format=fmt)
+        self.y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == 'fp16' else None
+        self.sparsity = None
+        if sparse:
+            from repro.sparse import DynamicSparsity
+            # 'uniform' skips SNIP's scoring pass; masking cost per step does not depend on the init.
+            self.sparsity = DynamicSparsity(self.model, self.opt, sparsity=SPARSITY, init='uniform',
+                                            update_frequency=None, prune_rate=0.5, total_steps=1000, seed=seed)
+
+    def step(self) -> None:
+        with _autocast(self.device, self.precision):
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        if self.sparsity is not None:
+            self.sparsity.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def persistent_bytes(self) -> int:
+        """Bytes of parameters and optimizer state (what lives between steps)."""
+        total = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        for state in self.opt.state.values():
+            total += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
+        return total
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def cpu_peak_memory(name: str, size: int, batch: int, args) -> float:
+    """MiB by which a fresh process's maxrss grows over 2 training steps (model, optimizer, activations)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), '--_memory-probe', name, str(size), str(batch),
+           '--precision', args.precision, '--device', 'cpu']
+    if args.channels_last:
+        cmd.append('--channels-last')
+    if args.threads:
+        cmd += ['--threads', str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    match = re.search(r'PEAK_MIB ([\d.]+)', out.stdout)
+    if not match:
+        print(f'  memory probe of {name} at {size} failed: {out.stderr.strip()[-300:]}', flush=True)
+        return float('nan')
+    return float(match.group(1))
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set in KiB.
+
+    VmHWM of /proc/self/status where it exists: Linux carries ru_maxrss over an exec, so a child started by a
+    large parent would report the parent's peak.
+    """
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def memory_probe(name: str, size: int, batch: int, args) -> None:
+    """Child side of cpu_peak_memory: prints PEAK_MIB for the parent."""
+    device = torch.device('cpu')
+    torch.zeros(1) + 1  # load the kernels that every step needs before the baseline
+    base = _peak_rss_kib()
+    trainer = Trainer(name, size, batch, device, args.precision, args.channels_last, name == 'slak_tiny')
+    for _ in range(2):
+        trainer.step()
+    print(f'PEAK_MIB {(_peak_rss_kib() - base) / 1024:.1f}')
+
+
+def cuda_step_memory(trainer: Trainer) -> float:
+    """MiB: the model's persistent state plus the allocator's peak growth during one step."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    trainer.step()
+    torch.cuda.synchronize()
+    return (trainer.persistent_bytes() + torch.cuda.max_memory_allocated() - before) / MIB
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def bench_training(size: int, batch: int, args, device: torch.device, lines: list, record: dict) -> None:
+    """Train-step images/s, GFLOP/s and memory of the three models at one size, interleaved."""
+    trainers = {label: Trainer(name, size, batch, device, args.precision, args.channels_last,
+                               sparse=(name == 'slak_tiny'))
+                for label, name in MODELS.items()}
+    times = interleaved({k: t.step for k, t in trainers.items()}, args.warmup, args.steps, device)
+    rows, out = [], {}
+    for label, t in trainers.items():
+        sec = _median(times[label])
+        ips = batch / sec
+        gflops = ips * 6 * t.macs / 1e9
+        if device.type == 'cuda':
+            mem = cuda_step_memory(t)
+        elif args.no_memory:
+            mem = float('nan')
+        else:
+            mem = cpu_peak_memory(t.name, size, batch, args)
+        out[label] = dict(model=t.name, images_per_s=ips, step_ms=1e3 * sec, gmacs_per_image=t.macs / 1e9,
+                          gflop_per_s=gflops, peak_mib=mem)
+        rows.append(f'| {label} (`{t.name}`) | {size} | {batch} | {1e3 * sec:.0f} | {ips:.1f} | {t.macs / 1e9:.2f} '
+                    f'| {gflops:.1f} | {mem:.0f} |')
+    ratio = out['SLaK-T']['images_per_s'] / out['timm ConvNeXt-T']['images_per_s']
+    ratio_student = out['SLaK-T']['images_per_s'] / out['student ConvNeXt-T']['images_per_s']
+    record[f'train_{size}'] = dict(batch=batch, models=out, slak_over_convnext=ratio,
+                                   slak_over_student=ratio_student)
+    lines += rows
+    print('\n'.join(rows), flush=True)
+    print(f'  SLaK-T / timm ConvNeXt-T images/s at {size}: {ratio:.2f}x (target >= 0.5x); '
+          f'SLaK-T / student: {ratio_student:.2f}x', flush=True)
+    del trainers
+
+
+def bench_fast_backward(size: int, batch: int, args, device: torch.device, lines: list, record: dict) -> None:
+    """SLaK-T train step with the exact CPU depthwise backward on and off (identical results)."""
+    if device.type != 'cpu':
+        return
+    runs = {on: Trainer('slak_tiny', size, batch, device, args.precision, args.channels_last, sparse=True,
+                        fast_backward=on) for on in (False, True)}
+    times = interleaved({on: t.step for on, t in runs.items()}, args.warmup, args.steps, device)
+    off, on = _median(times[False]), _median(times[True])
+    record[f'fast_backward_{size}'] = dict(batch=batch, off_ms=1e3 * off, on_ms=1e3 * on, speedup=off / on)
+    row = f'| {size} | {batch} | {1e3 * off:.0f} | {1e3 * on:.0f} | {off / on:.2f}x |'
+    lines.append(row)
+    print(row, flush=True)
+
+
+def bench_eval(size: int, batch: int, args, device: torch.device, lines: list, record: dict) -> None:
+    """Inference images/s of SLaK-T's training form (eval mode) and its deploy forms, ConvNeXt-T for scale."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    slak = create_model('slak_tiny', num_classes=NUM_CLASSES, img_size=size).to(device, memory_format=fmt).eval()
+    nets = {'SLaK-T training form': slak,
+            'SLaK-T deploy (strips)': reparameterize(copy.deepcopy(slak)),
+            'SLaK-T deploy (dense M x M)': reparameterize(copy.deepcopy(slak), dense=True),
+            'timm ConvNeXt-T': create_model('convnext_tiny', num_classes=NUM_CLASSES).to(
+                device, memory_format=fmt).eval()}
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        def forward(net):
+            with _autocast(device, args.precision):
+                net(x)
+        times = interleaved({k: (lambda n=n: forward(n)) for k, n in nets.items()}, args.warmup, args.steps,
+                            device)
+    ips = {k: batch / _median(v) for k, v in times.items()}
+    base = ips['SLaK-T training form']
+    record[f'eval_{size}'] = dict(batch=batch, images_per_s=ips,
+                                  deploy_over_training=ips['SLaK-T deploy (strips)'] / base)
+    for k, v in ips.items():
+        row = f'| {k} | {size} | {batch} | {v:.1f} | {v / base:.2f}x |'
+        lines.append(row)
+        print(row, flush=True)
+
+
+def bench_teacher(size: int, batch: int, args, device: torch.device, lines: list, record: dict) -> None:
+    """Teacher forward cost in distillation (SLaK-T teacher, paper's ConvNeXt-T student) per batch."""
+    from repro.distill import Teacher
+    torch.manual_seed(0)
+    amp = _amp_dtype(args.precision)
+    base = create_model('slak_tiny', num_classes=NUM_CLASSES, img_size=size).to(device).eval()
+    released = base  # the released KD loop: eval mode, autograd on, training form
+    teachers = {'plain forward, autograd on (released KD loop)': None,
+                'Teacher, training form, inference mode': Teacher(copy.deepcopy(base), deploy=False,
+                                                                  channels_last=args.channels_last, amp_dtype=amp),
+                'Teacher, deploy form, inference mode': Teacher(copy.deepcopy(base), deploy=True,
+                                                                channels_last=args.channels_last, amp_dtype=amp)}
+    student = Trainer('l2s_convnext_tiny', size, batch, device, args.precision, args.channels_last, sparse=False)
+    x = student.x
+
+    def plain():
+        with _autocast(device, args.precision):
+            out = released(x)
+        out.sum()  # keeps the graph alive until here, as a loss would
+    fns = {'student train step': student.step}
+    for k, t in teachers.items():
+        fns[k] = plain if t is None else (lambda t=t: t(x))
+    times = interleaved(fns, args.warmup, args.steps, device)
+    step = _median(times['student train step'])
+    out = {}
+    for k, v in times.items():
+        ms = 1e3 * _median(v)
+        out[k] = ms
+        share = '' if k == 'student train step' else f'{ms / (1e3 * step):.2f}x'
+        row = f'| {k} | {size} | {batch} | {ms:.0f} | {share} |'
+        lines.append(row)
+        print(row, flush=True)
+    record[f'teacher_{size}'] = dict(batch=batch, ms=out)
+
+
+def bench_masking(size: int, batch: int, args, device: torch.device, lines: list, record: dict) -> None:
+    """DynamicSparsity.step() against the train step, via benchmarks/bench_sparse.py."""
+    from bench_sparse import bench_size
+    r = bench_size('slak_tiny', size, batch, max(2, args.steps), 1, device, NUM_CLASSES)
+    record[f'masking_{size}'] = r
+    row = (f'| {size} | {batch} | {r["step_ms"]:.0f} | {r["mask_ms"]:.2f} | {r["mask_pct"]:.2f}% | '
+           f'{r["update_ms"]:.0f} | {r["update_pct_amortised"]:.3f}% |')
+    lines.append(row)
+    print(row, flush=True)
+
+
+def cuda_batch64_check(args, device: torch.device, lines: list, record: dict) -> None:
+    """SLaK-T training at 224 with batch 64: does the step fit in 16 GB?"""
+    try:
+        t = Trainer('slak_tiny', 224, 64, device, args.precision, args.channels_last, sparse=True)
+        t.step()
+        mib = cuda_step_memory(t)
+        del t
+    except torch.cuda.OutOfMemoryError:
+        mib = float('inf')
+    torch.cuda.empty_cache()
+    fits = mib <= 16 * 1024
+    record['cuda_batch64_224'] = dict(peak_mib=mib, fits_16gb=fits)
+    lines.append(f'SLaK-T at 224, batch 64, {args.precision}: peak {mib / 1024:.2f} GiB '
+                 f'({"fits" if fits else "does NOT fit"} in 16 GB).')
+    print(lines[-1], flush=True)
+
+
+def bench_suite(lines: list, record: dict) -> None:
+    """Wall time of `python -m repro quickstart` (fresh folders) and of the fast test suite."""
+    import importlib.util
+    env = {**os.environ, 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
+    if importlib.util.find_spec('repro.quickstart') is None:
+        lines.append('- `python -m repro quickstart`: not measured (the command does not exist yet).')
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            rc = subprocess.run([sys.executable, '-m', 'repro', 'quickstart', '--out', f'{tmp}/runs',
+                                 '--results', f'{tmp}/results'], cwd=ROOT, env=env, capture_output=True).returncode
+            wall = time.perf_counter() - start
+        record['quickstart'] = dict(wall_s=wall, returncode=rc)
+        lines.append(f'- `python -m repro quickstart` (fresh output folders): {wall:.0f} s, exit status {rc}.')
+    print(lines[-1], flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-m', 'not slow', 'tests', '--durations=10', '-p',
+                           'no:cacheprovider'], cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    summary = [ln for ln in proc.stdout.splitlines() if re.search(r'\d+ (passed|failed|error)', ln)]
+    slowest = [ln.strip() for ln in proc.stdout.splitlines() if re.match(r'\s*[\d.]+s (call|setup|teardown)', ln)]
+    record['test_suite'] = dict(wall_s=wall, returncode=proc.returncode, summary=summary[-1:] if summary else [],
+                                slowest=slowest)
+    lines.append(f'- `pytest -q -m "not slow" tests`: {wall:.0f} s, exit status {proc.returncode} '
+                 f'({summary[-1].strip("= ") if summary else "no summary line"}). Slowest:')
+    lines += [f'  - `{s}`' for s in slowest]
+    print('\n'.join(lines[-1 - len(slowest):]), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ README
+def machine_line(device: torch.device) -> str:
+    """Device, torch version and CPU threads, for the results header."""
+    if device.type == 'cuda':
+        return f'{torch.cuda.get_device_name(device)}, torch {torch.__version__}'
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f'CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, '
+            f'oneDNN {"on" if torch.backends.mkldnn.is_available() else "off"}')
+
+
+def replace_section(text: str, key: str, body: str) -> str:
+    """Replace (or append) the block between <!-- results:key --> and <!-- /results:key -->."""
+    begin, end = f'<!-- results:{key} -->', f'<!-- /results:{key} -->'
+    block = f'{begin}\n{body.rstrip()}\n{end}'
+    if begin in text and end in text:
+        return text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    return text.rstrip() + '\n\n' + block + '\n'
+
+
+def write_readme(key: str, body: str) -> None:
+    text = README.read_text() if README.exists() else '# Benchmarks\n'
+    text = replace_section(text, key, body)
+    if key == 'cpu' and '<!-- results:cuda -->' not in text:
+        text = replace_section(text, 'cuda', '### CUDA\n\nNot measured here: the machine that ran the benchmarks '
+                                              'had no CUDA device. Run `python benchmarks/run_all.py --device cuda '
+                                              '--precision fp16` on a GPU to fill this section.')
+    README.write_text(text)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--quick', action='store_true', help='small batches (16 at 32 px, 2 at 224 px), 2 steps')
+    parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
+    parser.add_argument('--batch-32', type=int, default=None, help='batch at 32x32 (default 64; --quick 16)')
+    parser.add_argument('--batch-224', type=int, default=None, help='batch at 224x224 (default 4 on CPU, 64 on '
+                                                                    'CUDA; --quick 2)')
+    parser.add_argument('--steps', type=int, default=None, help='timed rounds (default 3; --quick 2)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed rounds first (default 1)')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s own)')
+    parser.add_argument('--channels-last', action='store_true', help='models and inputs in NHWC memory format')
+    parser.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
+                        help='autocast precision (default: fp16 on CUDA, fp32 on CPU; fp16 needs CUDA)')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[32, 224], choices=[32, 224])
+    parser.add_argument('--no-memory', action='store_true', help='skip the CPU memory probes (child processes)')
+    parser.add_argument('--include-suite', action='store_true',
+                        help='also time `python -m repro quickstart` and `pytest -m "not slow" tests` (minutes)')
+    parser.add_argument('--no-readme', action='store_true', help='print only; leave benchmarks/README.md alone')
+    parser.add_argument('--json', default=None, help='also write the raw numbers to this JSON file')
+    parser.add_argument('--_memory-probe', nargs=3, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args._memory_probe:
+        args.precision = args.precision or 'fp32'
+        name, size, batch = args._memory_probe
+        memory_probe(name, int(size), int(batch), args)
+        return 0
+
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda asked for, but torch sees no CUDA device; use --device cpu.')
+    args.precision = args.precision or ('fp16' if device.type == 'cuda' else 'fp32')
+    if args.precision == 'fp16' and device.type != 'cuda':
+        parser.error('--precision fp16 needs a CUDA device; use fp32 or bf16 on CPU.')
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    quick = args.quick
+    batch = {32: args.batch_32 or (16 if quick else 64),
+             224: args.batch_224 or (2 if quick else (64 if device.type == 'cuda' else 4))}
+    args.steps = args.steps or (2 if quick else 3)
+    command = 'python benchmarks/run_all.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    header = (f'{machine_line(device)}; precision {args.precision}; memory format '
+              f'{"channels_last" if args.channels_last else "contiguous (NCHW)"}; {args.warmup} warm-up + '
+              f'{args.steps} timed rounds, median.')
+    load = os.getloadavg() if hasattr(os, 'getloadavg') else None
+    print(header, flush=True)
+    record = dict(device=str(device), machine=machine_line(device), torch=torch.__version__,
+                  precision=args.precision, channels_last=args.channels_last, batch=batch, steps=args.steps,
+                  warmup=args.warmup, load_before=load)
+
+    train, fast, evals, teach, mask, extra, suite = [], [], [], [], [], [], []
+    for size in args.sizes:
+        print(f'-- training at {size}x{size}, batch {batch[size]}', flush=True)
+        bench_training(size, batch[size], args, device, train, record)
+    if device.type == 'cpu':
+        for size in args.sizes:
+            print(f'-- SLaK-T CPU depthwise backward off/on at {size}', flush=True)
+            bench_fast_backward(size, batch[size], args, device, fast, record)
+    for size in args.sizes:
+        print(f'-- inference at {size}', flush=True)
+        bench_eval(size, batch[size], args, device, evals, record)
+    for size in args.sizes:
+        print(f'-- teacher cost at {size}', flush=True)
+        bench_teacher(size, batch[size], args, device, teach, record)
+    for size in args.sizes:
+        print(f'-- masking at {size}', flush=True)
+        bench_masking(size, batch[size], args, device, mask, record)
+    if device.type == 'cuda':
+        cuda_batch64_check(args, device, extra, record)
+    if args.include_suite:
+        print('-- quickstart and test suite', flush=True)
+        bench_suite(suite, record)
+    wall = time.perf_counter() - started
+    record['wall_s'] = wall
+
+    when = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+    ratios = ', '.join(f'{s}x{s}: **{record[f"train_{s}"]["slak_over_convnext"]:.2f}x**' for s in args.sizes)
+    deploy = ', '.join(f'{s}x{s}: **{record[f"eval_{s}"]["deploy_over_training"]:.2f}x**' for s in args.sizes)
+    title = 'CUDA' if device.type == 'cuda' else 'CPU'
+    body = [f'### {title}', '',
+            f'Written by `{command.strip()}` on {when} in {wall / 60:.1f} min. {header}'
+            + (f' Load average before the run: {load[0]:.2f} (other processes share the machine; the ratios '
+               f'come from interleaved steps in one process).' if load else ''), '',
+            f'SLaK-T / timm ConvNeXt-T training images/s (target >= 0.5x): {ratios}. '
+            f'Deploy (strips) / training form at inference (target >= 1.3x): {deploy}.', '',
+            '**Training step** (forward, backward, AdamW; SLaK-T also re-applies its 40% sparse masks). '
+            'GFLOP/s = images/s x 6 x forward MACs as executed; memory: ' +
+            ('allocator peak growth during a step plus parameters and optimizer state.' if device.type == 'cuda'
+             else 'peak resident-set (VmHWM) growth of a child process over 2 steps.'), '',
+            '| model | size | batch | ms/step | images/s | GMACs/image | GFLOP/s | peak MiB |',
+            '|---|---|---|---|---|---|---|---|', *train, '']
+    if fast:
+        body += ['**Exact CPU depthwise backward** (`LargeKernelConv2d.fast_backward`; weight gradient as a depthwise '
+                 'forward conv, input gradient as a flipped-kernel conv), SLaK-T train step:', '',
+                 '| size | batch | off ms | on ms | speed-up |', '|---|---|---|---|---|', *fast, '']
+    body += ['**Inference** (eval mode, inference mode; the deploy forms fold BatchNorm and merge branches):', '',
+             '| form | size | batch | images/s | vs training form |', '|---|---|---|---|---|', *evals, '',
+             '**Teacher cost in distillation** (SLaK-T teacher, per batch, next to a step of the paper\'s '
+             'ConvNeXt-T student):', '',
+             '| what | size | batch | ms | vs student step |', '|---|---|---|---|---|', *teach, '',
+             '**Dynamic-sparsity masking** (`benchmarks/bench_sparse.py`, SLaK-T, official recipe): mask = '
+             '`DynamicSparsity.step()` without an update; update = one prune-and-regrow, spread over its interval.', '',
+             '| size | batch | step ms | mask ms | mask / step | update ms | update amortised |',
+             '|---|---|---|---|---|---|---|', *mask, '']
+    body += extra
+    if not args.no_readme:
+        write_readme(device.type, '\n'.join(body))
+        if suite:
+            write_readme('suite', '\n'.join(['### Quickstart and test suite', '',
+                                             f'Written by `{command.strip()}` on {when}; {machine_line(device)}.',
+                                             '', *suite]))
+        print(f'results written to {README.relative_to(ROOT)}')
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2, default=str))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
