@@ -137,6 +137,25 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
+    """The parameters `source` declares (papermill, offline); refuses any in `parameters` it does not declare.
+
+    papermill would inject an undeclared parameter anyway and the notebook would silently ignore it.
+    """
+    import papermill
+
+    declared = papermill.inspect_notebook(str(source))
+    if not declared:
+        raise ReproError(f"{source} has no cell tagged 'parameters', so its parameters cannot be set; "
+                         "tag the defaults cell with 'parameters'")
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ReproError(f"{source} declares no parameter {', '.join(unknown)} (it declares "
+                         f"{', '.join(declared)}); fix the plan (config keys go in `overrides`), or the "
+                         "notebook's parameters cell")
+    return declared
+
+
 def _execute(run: PlanRun, notebook: Path, run_dir: Path, parameters: dict[str, Any], *, kernel: str,
              progress: bool, log_output: bool) -> tuple[str, str | None]:
     """Execute one notebook into its run folder; returns (status, error message)."""
@@ -210,6 +229,7 @@ def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir
             continue
         try:
             notebook = find_notebook(run.notebook, base_dir)
+            check_parameters(notebook, parameters)
         except ReproError as exc:
             record.update(status="failed", error=str(exc))
             done[run.name] = "failed"

@@ -169,3 +169,14 @@ def test_run_waits_for_the_run_it_requires(tmp_path):
     assert [r["status"] for r in records] == ["failed", "failed"]
     assert records[1]["error"] == "not run: teacher did not complete"
     assert not (tmp_path / "runs" / "student").exists()
+
+
+def test_undeclared_parameter_fails_that_run_only(tmp_path):
+    """A plan parameter the notebook does not declare would be injected and ignored: refuse the run."""
+    from repro.batch import run_notebooks
+    from repro.plan import PlanRun
+
+    records = run_notebooks([PlanRun("typo", "train.ipynb", {"preset": "quickstart-student", "epochs": 3})],
+                            tmp_path, progress=False)
+    assert records[0]["status"] == "failed"
+    assert "declares no parameter epochs" in records[0]["error"] and "overrides" in records[0]["error"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..batch import find_notebook
+from ..batch import check_parameters, find_notebook
 from ..errors import ReproError
 from ..plan import Plan, PlanRun, load_plan
 from .metadata import (GPU_SHAPES, KERNEL_METADATA_FILE, RETIRED_SHAPES, TPU_SHAPES, slugify,
@@ -252,23 +252,6 @@ def _papermill():
                          "pip install 'repro-lkt[notebooks]'") from None
     logging.getLogger("papermill").setLevel(logging.WARNING)  # no per-notebook "Input Notebook" lines
     return nbformat, papermill
-
-
-def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
-    """The parameters `source` declares (papermill, offline); refuses any in `parameters` it does not declare.
-
-    papermill would inject an undeclared parameter anyway and the notebook would silently ignore it.
-    """
-    _, papermill = _papermill()
-    declared = papermill.inspect_notebook(str(source))
-    if not declared:
-        raise ReproError(f"{source} has no cell tagged 'parameters', so its parameters cannot be baked in; "
-                         "tag the defaults cell with 'parameters'")
-    unknown = sorted(set(parameters) - set(declared))
-    if unknown:
-        raise ReproError(f"{source} declares no parameter {', '.join(unknown)} (it declares "
-                         f"{', '.join(declared)}); fix the plan, or the notebook's parameters cell")
-    return declared
 
 
 def bake_notebook(source: Path, dest: Path, parameters: dict[str, Any], *, code_dataset_slug: str,
