@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint of this package, or released file")
     p.add_argument("--model", help="architecture for checkpoints that do not record it (e.g. slak_tiny)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="data overrides, e.g. data.root=/data")
-    p.add_argument("--split", default="test", choices=("val", "test"))
+    p.add_argument("--split", default="test", choices=("val", "test", "robustness"),
+                   help="robustness: every ImageNet-A/-R/-Sketch folder under data.robustness_root")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.add_argument("--deploy", action="store_true", help="evaluate the re-parameterized (deploy) form")
     p.add_argument("--batch-size", type=int)

@@ -45,7 +45,8 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
 
     The model and data come from the checkpoint's recorded config; a released checkpoint {'model': ...}
     needs `model_name` and `data_overrides` such as ["data.name=imagenet", "data.root=/data/imagenet",
-    "data.img_size=224"]. `deploy` evaluates the re-parameterized form.
+    "data.img_size=224"]. `deploy` evaluates the re-parameterized form. split='robustness' scores every
+    ImageNet-A/-R/-Sketch style folder under data.robustness_root on the 1000-class head (returns 'sets').
     """
     from ..data import build_data
     from ..models import create_model, reparameterize
@@ -61,9 +62,16 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
         cfg.data.val_fraction = 0.0
     for text in data_overrides:
         set_value(cfg, *parse_override(text))
-    if split not in ("val", "test"):
-        raise ReproError(f"split expects val or test, found '{split}'")
-    data = build_data(cfg.data)
+    if split not in ("val", "test", "robustness"):
+        raise ReproError(f"split expects val, test or robustness, found '{split}'")
+    if split == "robustness":  # ImageNet-A/-R/-Sketch folders scored on the 1000-class head
+        from ..data import build_robustness_sets
+        from ..data.folders import IMAGENET_NUM_CLASSES
+        sets = build_robustness_sets(cfg.data)
+        num_classes = IMAGENET_NUM_CLASSES
+    else:
+        data = build_data(cfg.data)
+        num_classes = data.num_classes
     key = "model_ema" if use_ema else "model"
     weights = state.get(key) if isinstance(state, dict) else None
     if weights is None:
@@ -72,10 +80,10 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
         raise ReproError(f"{path} holds no {'EMA ' if use_ema else ''}model weights")
     weights = {k.removeprefix("module."): v for k, v in weights.items()}
     kwargs = dict(cfg.model.kwargs)
-    model = create_model(cfg.model.name, num_classes=data.num_classes, img_size=cfg.data.img_size, **kwargs)
+    model = create_model(cfg.model.name, num_classes=num_classes, img_size=cfg.data.img_size, **kwargs)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ReproError(f"the weights in {path} do not fit {cfg.model.name} with {data.num_classes} classes: "
+        raise ReproError(f"the weights in {path} do not fit {cfg.model.name} with {num_classes} classes: "
                          f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}; pass the right --model "
                          "and dataset")
     dev = resolve_device(device)
@@ -83,12 +91,17 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
     model.to(dev).eval()
     if deploy:
         reparameterize(model)
-    dataset = data.val if split == "val" else data.test
-    loader = eval_loader(dataset, batch_size or cfg.data.eval_batch_size or 64, cfg.data.num_workers, DistInfo(),
-                         dev.type)
-    res = evaluate_model(model, loader, dev, precision=prec,
-                         class_index_map=getattr(dataset, "class_index_map", None))
+    bs = batch_size or cfg.data.eval_batch_size or 64
+
+    def score(dataset) -> dict:
+        loader = eval_loader(dataset, bs, cfg.data.num_workers, DistInfo(), dev.type)
+        return evaluate_model(model, loader, dev, precision=prec,
+                              class_index_map=getattr(dataset, "class_index_map", None))
+
+    common = dict(model=cfg.model.name, weights="ema" if use_ema else "raw", checkpoint=str(path), deploy=deploy)
+    if split == "robustness":
+        return {"split": "robustness", "sets": {name: score(ds) for name, ds in sets.items()}, **common}
+    res = score(data.val if split == "val" else data.test)
     res.update(split=split if not (split == "val" and data.eval_split == "test") else "test",
-               model=cfg.model.name, dataset=cfg.data.name, weights="ema" if use_ema else "raw",
-               checkpoint=str(path), deploy=deploy)
+               dataset=cfg.data.name, **common)
     return res
