@@ -121,7 +121,6 @@ def test_time_budget_stops_cleanly_then_completes(tmp_path, monkeypatch):
     first = train(cfg_for(*over), out, time_budget=3, progress=False)
     assert first["status"] == "stopped" and first["stop_reason"] == "time_budget"
     assert 0 < first["steps_done"] < first["steps_total"]
-    assert first["wall_time_s"] <= 3.0
     assert list_checkpoints(out / "checkpoints")[0].name == f"ckpt-{first['steps_done']:08d}.pt"
     monkeypatch.undo()
     second = train(cfg_for(*over), out, progress=False)
