@@ -156,6 +156,21 @@ def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
     return declared
 
 
+def _local_kernel_transport() -> dict[str, Any]:
+    """On POSIX, talk to the local kernel over unix sockets: no TCP port opens, and ipykernel's warning about
+    unencrypted TCP stays out of the user's terminal."""
+    if os.name != "posix":
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+    return {"kernel_manager_class": IPCKernelManager}
+
+
 def _execute(run: PlanRun, notebook: Path, run_dir: Path, parameters: dict[str, Any], *, kernel: str,
              progress: bool, log_output: bool) -> tuple[str, str | None]:
     """Execute one notebook into its run folder; returns (status, error message)."""
@@ -170,7 +185,8 @@ def _execute(run: PlanRun, notebook: Path, run_dir: Path, parameters: dict[str, 
                                             json.dumps(_jsonable(parameters)))
         try:
             pm.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name=kernel,
-                                progress_bar=progress, log_output=True, cwd=os.getcwd())
+                                progress_bar=progress, log_output=True, cwd=os.getcwd(),
+                                **_local_kernel_transport())
         except PapermillExecutionError as exc:
             error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
         except Exception as exc:  # a dead kernel or unreadable notebook fails this run only
@@ -235,7 +251,7 @@ def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir
             done[run.name] = "failed"
             print(f"{prefix}: failed: {exc}", flush=True)
             continue
-        print(f"{prefix}: executing {notebook.name} -> {run_dir}", flush=True)
+        print(f"{prefix}: executing {notebook.name} -> {run_dir} (live output: {record['log']})", flush=True)
         start = time.monotonic()
         status, error = _execute(run, notebook, run_dir, parameters, kernel=kernel, progress=progress,
                                  log_output=log_output)
