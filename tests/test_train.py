@@ -67,6 +67,8 @@ def test_resume_equals_straight(straight, tmp_path, stop_at):
     assert first["steps_done"] == stop_at
     second = train(cfg_for(*TEACHER), out, progress=False)
     assert second["status"] == "complete" and second["resumes"] == 1
+    again = train(cfg_for(*TEACHER), out, progress=False)  # a complete run is left as it is
+    assert again == json.loads((out / "summary.json").read_text()) and again["resumes"] == 1
     assert second["state_digest"] == straight[1]["state_digest"]
     assert second["top1"] == straight[1]["top1"] and second["test_top1"] == straight[1]["test_top1"]
     rows = (out / "metrics.jsonl").read_text().splitlines()

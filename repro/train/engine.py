@@ -574,6 +574,12 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         resumed = self._resume()
+        previous = self.out / "summary.json"
+        previous = json.loads(previous.read_text()) if previous.is_file() else {}
+        if self.step >= self.steps_total and previous.get("status") == "complete":
+            log.info("%s is already complete (%d steps); nothing to do", self.out, self.step)
+            cleanup(self.dist)
+            return previous
         if self.dist.is_main:
             self.cfg.save(self.out / "config.yaml")
             self._truncate_metrics()
