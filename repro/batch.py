@@ -144,7 +144,13 @@ def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
     """
     import papermill
 
-    declared = papermill.inspect_notebook(str(source))
+    logger = logging.getLogger("papermill")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # inspect_notebook announces "Input Notebook" at INFO
+    try:
+        declared = papermill.inspect_notebook(str(source))
+    finally:
+        logger.setLevel(level)
     if not declared:
         raise ReproError(f"{source} has no cell tagged 'parameters', so its parameters cannot be set; "
                          "tag the defaults cell with 'parameters'")

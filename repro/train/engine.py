@@ -677,7 +677,8 @@ class Trainer:
             with sync:
                 with autocast:
                     loss, _ = self.ddp(images, targets, t_logits, t_map, step=self.step)
-                if not torch.isfinite(loss) and self.precision != "fp16":
+                # Every rank takes the same decision, so a NaN on one GPU cannot leave the others waiting.
+                if self.precision != "fp16" and any_rank(not torch.isfinite(loss), self.dist, self.device):
                     raise ReproError(
                         f"the loss became {loss.item()} at step {self.step} (micro-batch {micro}); training stopped "
                         f"without saving it. The last good checkpoint in {self.out / 'checkpoints'} is kept. "
