@@ -243,8 +243,7 @@ def _strip_prefix(state: dict) -> dict:
 
 
 def _adapt_foreign_keys(model: nn.Module, state: dict) -> dict:
-    from ..models.factory import _adapt_keys
-    return _adapt_keys(model, state)
+    return _models().adapt_state_dict(model, state)
 
 
 def _classifier_key(model: nn.Module, num_classes: int) -> str | None:

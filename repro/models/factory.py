@@ -127,7 +127,7 @@ def _read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     return state
 
 
-def _adapt_keys(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def adapt_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Map foreign key layouts onto the model's own: timm's per-architecture filters, old SLaK strip names."""
     if isinstance(model, SLaK):
         # An earlier revision of the released SLaK code named the two strips Decom1/Decom2.
@@ -147,7 +147,7 @@ def _classifier_prefix(model: nn.Module) -> Optional[str]:
 
 def load_pretrained_file(model: nn.Module, path: str) -> nn.Module:
     """Load weights from a local file strictly; a head of another shape is dropped (warning) and left random."""
-    state = _adapt_keys(model, _read_checkpoint(path))
+    state = adapt_state_dict(model, _read_checkpoint(path))
     own = model.state_dict()
     head = _classifier_prefix(model)
     dropped = [k for k, v in state.items() if head and k.startswith(head) and (k not in own or own[k].shape != v.shape)]
