@@ -24,7 +24,7 @@
 checkpoint = "runs/quickstart/teacher"  # run folder, checkpoint file, or released weight file
 model = None  # architecture of a checkpoint that does not record it, e.g. "slak_tiny" (`repro models`)
 overrides = []  # data settings: strings in the key-equals-value form shown above
-split = "test"  # "test" or "val"
+split = "test"  # "test", "val", or "robustness" (every ImageNet-A/-R/-Sketch folder under data.robustness_root)
 use_ema = False  # evaluate the EMA weights of a checkpoint of this package
 deploy = False  # evaluate the re-parameterized (deploy) form
 batch_size = None  # evaluation batch size; None keeps the config's
@@ -43,8 +43,9 @@ result = evaluate(checkpoint, model_name=model, data_overrides=overrides, device
                   use_ema=use_ema, batch_size=batch_size, deploy=deploy)
 
 # %%
-table = pd.DataFrame([{"checkpoint": str(checkpoint), **{k: result.get(k) for k in
-                                                          ("model", "split", "n", "top1", "top5", "loss")}}])
+scores = result["sets"] if split == "robustness" else {result["split"]: result}
+table = pd.DataFrame([{"checkpoint": str(checkpoint), "model": result["model"], "split": name,
+                       **{k: r.get(k) for k in ("n", "top1", "top5", "loss")}} for name, r in scores.items()])
 if out_dir:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     Path(out_dir, "evaluation.json").write_text(json.dumps({"checkpoint": str(checkpoint), **result}, indent=2,

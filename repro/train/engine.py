@@ -593,7 +593,10 @@ class Trainer:
         stop_reason = None
         bar = None
         if self.progress and self.dist.is_main:
-            from tqdm.auto import tqdm
+            import warnings
+            with warnings.catch_warnings():  # without ipywidgets a notebook gets the text bar, which is fine
+                warnings.simplefilter("ignore")
+                from tqdm.auto import tqdm
             bar = tqdm(total=self.steps_total, initial=self.step, unit="step", dynamic_ncols=True,
                        desc=self.cfg.name, mininterval=1.0)
         batches = self._micro_batches()
