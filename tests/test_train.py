@@ -294,3 +294,22 @@ def test_eval_robustness_folders_on_the_1000_class_head(tmp_path):
         y = torch.tensor([ds[i][1] for i in range(len(ds))])
         hits = model(x)[:, [3, 500, 999]].argmax(1).eq(y).sum().item()
     assert r["top1"] == pytest.approx(100 * hits / 6)
+
+
+def test_eval_released_checkpoint_on_imagenet_val_alone(tmp_path):
+    """A released 1000-class checkpoint scores on an ImageNet val/ folder without a train/ folder."""
+    from repro.data.folders import imagenet_wnids
+    from repro.data.synthetic import write_fake_imagefolder
+    from repro.models import create_model
+    from repro.train import evaluate
+
+    wnids = imagenet_wnids()
+    write_fake_imagefolder(tmp_path / "imagenet" / "val", [wnids[0], wnids[7]], per_class=2, size=32)
+    torch.manual_seed(0)
+    torch.save({"model": create_model("l2s_convnext_micro", num_classes=1000, img_size=32).state_dict()},
+               tmp_path / "released.pth")
+    res = evaluate(tmp_path / "released.pth", model_name="l2s_convnext_micro",
+                   data_overrides=["data.name=imagenet", f"data.root={tmp_path / 'imagenet'}", "data.img_size=32",
+                                   "data.num_workers=0"])
+    assert res["split"] == "test" and res["dataset"] == "imagenet" and res["n"] == 4
+    assert res["top1"] is not None and 0 <= res["top1"] <= 100

@@ -69,6 +69,14 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
         from ..data.folders import IMAGENET_NUM_CLASSES
         sets = build_robustness_sets(cfg.data)
         num_classes = IMAGENET_NUM_CLASSES
+    elif _val_only_imagenet(cfg, split):
+        # A released ImageNet checkpoint scored on val/ alone: no train/ folder needed (nor listed).
+        from ..data.folders import IMAGENET_NUM_CLASSES, imagenet_wnids, load_robustness_folder
+        from ..data.transforms import dataset_mean_std, eval_transform
+        mean, std = dataset_mean_std("imagenet")
+        val_only = load_robustness_folder(Path(cfg.data.root) / "val", wnids=imagenet_wnids(),
+                                          transform=eval_transform(cfg.data.img_size, mean=mean, std=std))
+        num_classes = IMAGENET_NUM_CLASSES
     else:
         data = build_data(cfg.data)
         num_classes = data.num_classes
@@ -101,7 +109,16 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
     common = dict(model=cfg.model.name, weights="ema" if use_ema else "raw", checkpoint=str(path), deploy=deploy)
     if split == "robustness":
         return {"split": "robustness", "sets": {name: score(ds) for name, ds in sets.items()}, **common}
+    if split == "test" and _val_only_imagenet(cfg, split):
+        return {**score(val_only), "split": "test", "dataset": "imagenet", **common}
     res = score(data.val if split == "val" else data.test)
     res.update(split=split if not (split == "val" and data.eval_split == "test") else "test",
                dataset=cfg.data.name, **common)
     return res
+
+
+def _val_only_imagenet(cfg: RunConfig, split: str) -> bool:
+    """ImageNet given as a folder with val/ class folders but no train/ (enough to evaluate)."""
+    root = Path(cfg.data.root).expanduser() if cfg.data.root else None
+    return (split == "test" and cfg.data.name == "imagenet" and root is not None
+            and (root / "val").is_dir() and not (root / "train").is_dir())
