@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repro.distill import (DKDLoss, DistillCriterion, FDLoss, KDLoss, NKDLoss, build_distill_loss, direct_gain,
+from repro.distill import (DKDLoss, FDLoss, KDLoss, NKDLoss, build_distill_loss, direct_gain,
                            effective_gain, renormalize)
 from repro.errors import ReproError
 

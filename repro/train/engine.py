@@ -8,10 +8,10 @@ checkpoint replays the same numbers as one that never stopped.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import random
@@ -26,16 +26,24 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import __version__
-from ..config import RunConfig, config_differences, flat_dict
+from ..config import RunConfig, config_differences
 from ..device import in_kaggle, kaggle_root, resolve_device, resolve_precision
 from ..errors import ReproError
 from .budget import StopSignal, TimeBudget, parse_duration
-from .checkpoint import (atomic_write_text, candidate_folders, checkpoint_step, list_checkpoints,
-                         load_checkpoint, save_checkpoint, state_digest)
-from .distributed import DistInfo, any_rank, barrier, cleanup, init_distributed
+from .checkpoint import (
+    atomic_write_text,
+    candidate_folders,
+    checkpoint_step,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    state_digest,
+)
+from .distributed import any_rank, barrier, cleanup, init_distributed
 from .evaluate import autocast_context, eval_loader, evaluate_model
 
 log = logging.getLogger("repro.train")
@@ -72,8 +80,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@functools.lru_cache(maxsize=1)
 def git_revision() -> str | None:
-    """The source tree's git commit, when it is a checkout."""
+    """The source tree's git commit, when it is a checkout (asked once per process)."""
     root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -272,7 +281,6 @@ class Trainer:
         cfg_file = source / "config.yaml" if source.is_dir() else source.parent.parent / "config.yaml"
         if not cfg_file.is_file():
             return {}
-        import yaml
         from ..data.transforms import dataset_mean_std
         name = ((yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}).get("name")
         if not name:
@@ -365,7 +373,7 @@ class Trainer:
         self.scheduler.step_update(self.step)
 
     # ---------------------------------------------------------------------------------------------- resume
-    def _check_compatible(self, saved_cfg: dict, where: Path, teacher: dict | None) -> list[str]:
+    def _check_compatible(self, saved_cfg: dict, teacher: dict | None) -> list[str]:
         diffs = config_differences(saved_cfg, self.cfg)
         if self.teacher is not None and teacher and teacher.get("sha256") != self.teacher.identity().get("sha256"):
             diffs.append(f"teacher weights: sha256 {str(teacher.get('sha256'))[:12]} -> "
@@ -383,9 +391,8 @@ class Trainer:
     def _resume(self) -> Path | None:
         saved_cfg = self.out / "config.yaml"
         if saved_cfg.is_file():
-            import yaml
-            self._refuse_or_force(self._check_compatible(yaml.safe_load(saved_cfg.read_text()) or {}, self.out,
-                                                         None), self.out)
+            self._refuse_or_force(self._check_compatible(yaml.safe_load(saved_cfg.read_text()) or {}, None),
+                                  self.out)
         kaggle_input = kaggle_root() / "input" if in_kaggle() else None
         folders = candidate_folders(self.out, self.resume_from, kaggle_input)
         own_or_asked = {self.out / "checkpoints"} | {p / "checkpoints" for p in self.resume_from} \
@@ -396,7 +403,6 @@ class Trainer:
                 cfg_file = folder.parent / "config.yaml"
                 if not cfg_file.is_file():
                     continue
-                import yaml
                 if config_differences(yaml.safe_load(cfg_file.read_text()) or {}, self.cfg):
                     continue  # another run's outputs attached to this session
             candidates.extend(list_checkpoints(folder))
@@ -408,7 +414,7 @@ class Trainer:
             if state.get("format") != "repro-checkpoint-1":
                 log.warning("skipping %s: not a training checkpoint of this package", path)
                 continue
-            self._refuse_or_force(self._check_compatible(state["config"], path, state.get("teacher")), path)
+            self._refuse_or_force(self._check_compatible(state["config"], state.get("teacher")), path)
             self.load_state_dict(state)
             self._carry_history(path.parent.parent)
             log.info("resumed from %s at step %d/%d", path, self.step, self.steps_total)
@@ -526,19 +532,18 @@ class Trainer:
                  raw["top1"], raw["top5"], f" (EMA {row['top1_ema']:.2f})" if ema else "")
 
     def _final_test(self) -> None:
-        if self.test_loader is None:  # no held-out split: the validation numbers are the test numbers
-            le = self.last_eval
-            final_is = "ema" if (le.get("top1_ema") or -1) > (le.get("top1") or -1) else "raw"
-            pick = "_ema" if final_is == "ema" else ""
-            le.update(test_top1=le.get("top1" + pick), test_top5=le.get("top5" + pick), final_is=final_is,
-                      test_top1_raw=le.get("top1"), test_top1_ema=le.get("top1_ema"))
-            return
-        res = self._evaluate(self.test_loader)
+        """Test-split scores of the final weights: raw or EMA, whichever did better at the last evaluation."""
         le = self.last_eval
         final_is = "ema" if (le.get("top1_ema") or -1) > (le.get("top1") or -1) else "raw"
-        chosen = res[final_is] or res["raw"]
+        if self.test_loader is None:  # no held-out split: the last evaluation was on the test set
+            scores = {"raw": {"top1": le.get("top1"), "top5": le.get("top5")},
+                      "ema": {"top1": le.get("top1_ema"), "top5": le.get("top5_ema")} if self.ema else None}
+        else:
+            scores = self._evaluate(self.test_loader)
+        chosen = scores[final_is] or scores["raw"]
         le.update(test_top1=chosen["top1"], test_top5=chosen["top5"], final_is=final_is,
-                  test_top1_raw=res["raw"]["top1"], test_top1_ema=res["ema"]["top1"] if res["ema"] else None)
+                  test_top1_raw=scores["raw"]["top1"],
+                  test_top1_ema=scores["ema"]["top1"] if scores["ema"] else None)
 
     # ------------------------------------------------------------------------------------------------ loop
     def _micro_batches(self):

@@ -5,9 +5,7 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-import torch
-
-from ..config import RunConfig, set_value, parse_override
+from ..config import RunConfig, parse_override, set_value
 from ..device import resolve_device, resolve_precision
 from ..errors import ReproError
 from .checkpoint import list_checkpoints, load_checkpoint
