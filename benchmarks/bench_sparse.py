@@ -1,7 +1,7 @@
 """Cost of dynamic sparsity on SLaK-T: masking per step and prune-and-regrow per update, against a plain train step.
 
 Each size runs the same model twice in one process, alternating an unmasked train step (forward, backward,
-AdamW step, zero_grad) with a masked one (the same plus DynamicSparsity.step()), and times the sparsity call
+fused AdamW step, zero_grad) with a masked one (the same plus DynamicSparsity.step()), and times the sparsity call
 itself. Prints a table; never asserts. Targets: masking <= 2% of the step at 224 px and <= 5% at 32 px.
 
     python benchmarks/bench_sparse.py                      # short default run on whatever device is there
@@ -42,7 +42,7 @@ def bench_size(model_name: str, size: int, batch: int, steps: int, updates: int,
 
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=num_classes, img_size=size).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as repro train
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
     recipe = official_recipe(model_name)

@@ -6,13 +6,15 @@
     python benchmarks/run_all.py --include-suite    # also times `repro quickstart` and the test suite
 
 Measures, on one device and in one process (so that ratios are not skewed by other load on the machine):
-  * training: images/s of a full step (forward, backward, AdamW step; plus the masking step of
-    DynamicSparsity at 40% sparsity for SLaK-T) for SLaK-T, the paper's ConvNeXt-T student (l2s_convnext_tiny)
+  * training: images/s of a full step (forward, backward, fused AdamW step as repro train runs it; plus the
+    masking step of DynamicSparsity at 40% sparsity for SLaK-T) for SLaK-T, the paper's ConvNeXt-T student (l2s_convnext_tiny)
     and timm's ConvNeXt-T at 32x32 and 224x224, the three models' steps interleaved round-robin; the
     SLaK-T/ConvNeXt-T ratio; achieved GFLOP/s (6 FLOPs per multiply-accumulate of the forward, as executed);
     peak memory (CPU: the maxrss growth of a child process doing the same steps; CUDA: the allocator's peak);
   * the exact CPU depthwise backward of repro.models.slak (on vs off) for SLaK-T;
-  * inference: images/s of SLaK-T's training form against its deploy forms (repro.models.reparameterize);
+  * one AdamW step in PyTorch's per-tensor loop, foreach and fused implementations (SLaK-T, ConvNeXt-T);
+  * inference: images/s of SLaK-T's training form against its deploy forms (repro.models.reparameterize),
+    and against the same network with its large-kernel paths skipped (the bound for any deploy form);
   * distillation: the cost of the teacher's forward (repro.distill.Teacher: deploy form under inference mode,
     against the training form and against a plain forward with autograd on) next to a student step;
   * masking: DynamicSparsity.step() against a train step (benchmarks/bench_sparse.py);
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 
 from repro.models import count_flops, create_model, reparameterize  # noqa: E402
-from repro.models.slak import LargeKernelConv2d  # noqa: E402
+from repro.models.slak import LargeKernelConv2d, ReparamLargeKernelConv  # noqa: E402
 
 README = ROOT / 'benchmarks' / 'README.md'
 MODELS = {'SLaK-T': 'slak_tiny', 'student ConvNeXt-T': 'l2s_convnext_tiny', 'timm ConvNeXt-T': 'convnext_tiny'}
@@ -93,11 +95,20 @@ def _median(values):
     return statistics.median(values) if values else float('nan')
 
 
+OPTIMIZER_IMPLS = {'loop': dict(foreach=False), 'foreach': dict(foreach=True), 'fused': dict(fused=True)}
+
+
+def make_adamw(model: torch.nn.Module, impl: str) -> torch.optim.Optimizer:
+    """AdamW over all parameters in one of PyTorch's implementations (the engine uses 'fused' by default)."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, **OPTIMIZER_IMPLS[impl])
+
+
 class Trainer:
     """One model's training step on a fixed batch: forward, cross-entropy, backward, AdamW, masking, zero_grad."""
 
     def __init__(self, name: str, size: int, batch: int, device: torch.device, precision: str,
-                 channels_last: bool, sparse: bool, fast_backward: bool = True, seed: int = 0):
+                 channels_last: bool, sparse: bool, fast_backward: bool = True, seed: int = 0,
+                 optimizer: str = 'fused'):
         torch.manual_seed(seed)
         self.name, self.size, self.batch, self.device, self.precision = name, size, batch, device, precision
         model = create_model(name, num_classes=NUM_CLASSES, img_size=size)
@@ -105,7 +116,7 @@ class Trainer:
         self.macs = count_flops(model, size, as_executed=True)['dense']
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=fmt).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05)
+        self.opt = make_adamw(self.model, optimizer)
         gen = torch.Generator().manual_seed(seed)
         self.x = torch.randn(batch, 3, size, size, generator=gen).to(device, memory_format=fmt)
         self.y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device)
@@ -239,6 +250,39 @@ def bench_fast_backward(size: int, batch: int, args, device: torch.device, lines
     print(row, flush=True)
 
 
+def bench_optimizer(args, device: torch.device, lines: list, record: dict) -> None:
+    """One AdamW step over SLaK-T's and ConvNeXt-T's parameters in each PyTorch implementation."""
+    out = {}
+    for label in ('SLaK-T', 'timm ConvNeXt-T'):
+        torch.manual_seed(0)
+        model = create_model(MODELS[label], num_classes=NUM_CLASSES).to(device)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opts = {impl: make_adamw(model, impl) for impl in OPTIMIZER_IMPLS}
+        times = interleaved({impl: o.step for impl, o in opts.items()}, args.warmup, args.steps, device)
+        ms = {impl: 1e3 * _median(v) for impl, v in times.items()}
+        out[label] = ms
+        row = (f'| {label} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f} | {ms["loop"]:.1f} | '
+               f'{ms["foreach"]:.1f} | {ms["fused"]:.1f} | {ms["loop"] / ms["fused"]:.2f}x |')
+        lines.append(row)
+        print(row, flush=True)
+        del opts, model
+    record['optimizer_step_ms'] = out
+
+
+CEILING = 'SLaK-T, large-kernel path skipped (bound)'
+
+
+def without_large_kernels(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a SLaK model whose depthwise large-kernel paths are identities: not a usable network, but the
+    speed any deploy form could reach if its large-kernel convs cost nothing (everything else is shared)."""
+    net = copy.deepcopy(model)
+    for block in net.modules():
+        if isinstance(getattr(block, 'large_kernel', None), ReparamLargeKernelConv):
+            block.large_kernel = torch.nn.Identity()
+    return net
+
+
 def bench_eval(size: int, batch: int, args, device: torch.device, lines: list, record: dict) -> None:
     """Inference images/s of SLaK-T's training form (eval mode) and its deploy forms, ConvNeXt-T for scale."""
     torch.manual_seed(0)
@@ -247,6 +291,7 @@ def bench_eval(size: int, batch: int, args, device: torch.device, lines: list, r
     nets = {'SLaK-T training form': slak,
             'SLaK-T deploy (strips)': reparameterize(copy.deepcopy(slak)),
             'SLaK-T deploy (dense M x M)': reparameterize(copy.deepcopy(slak), dense=True),
+            CEILING: without_large_kernels(slak),
             'timm ConvNeXt-T': create_model('convnext_tiny', num_classes=NUM_CLASSES).to(
                 device, memory_format=fmt).eval()}
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
@@ -259,7 +304,8 @@ def bench_eval(size: int, batch: int, args, device: torch.device, lines: list, r
     ips = {k: batch / _median(v) for k, v in times.items()}
     base = ips['SLaK-T training form']
     record[f'eval_{size}'] = dict(batch=batch, images_per_s=ips,
-                                  deploy_over_training=ips['SLaK-T deploy (strips)'] / base)
+                                  deploy_over_training=ips['SLaK-T deploy (strips)'] / base,
+                                  ceiling_over_training=ips[CEILING] / base)
     for k, v in ips.items():
         row = f'| {k} | {size} | {batch} | {v:.1f} | {v / base:.2f}x |'
         lines.append(row)
@@ -447,7 +493,7 @@ def main(argv=None) -> int:
                   precision=args.precision, channels_last=args.channels_last, batch=batch, steps=args.steps,
                   warmup=args.warmup, load_before=load)
 
-    train, fast, evals, teach, mask, extra, suite = [], [], [], [], [], [], []
+    train, fast, optim, evals, teach, mask, extra, suite = [], [], [], [], [], [], [], []
     for size in args.sizes:
         print(f'-- training at {size}x{size}, batch {batch[size]}', flush=True)
         bench_training(size, batch[size], args, device, train, record)
@@ -455,6 +501,8 @@ def main(argv=None) -> int:
         for size in args.sizes:
             print(f'-- SLaK-T CPU depthwise backward off/on at {size}', flush=True)
             bench_fast_backward(size, batch[size], args, device, fast, record)
+    print('-- AdamW step: per-tensor loop, foreach, fused', flush=True)
+    bench_optimizer(args, device, optim, record)
     for size in args.sizes:
         print(f'-- inference at {size}', flush=True)
         bench_eval(size, batch[size], args, device, evals, record)
@@ -475,14 +523,17 @@ def main(argv=None) -> int:
     when = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
     ratios = ', '.join(f'{s}x{s}: **{record[f"train_{s}"]["slak_over_convnext"]:.2f}x**' for s in args.sizes)
     deploy = ', '.join(f'{s}x{s}: **{record[f"eval_{s}"]["deploy_over_training"]:.2f}x**' for s in args.sizes)
+    ceiling = ', '.join(f'{s}x{s}: {record[f"eval_{s}"]["ceiling_over_training"]:.2f}x' for s in args.sizes)
     title = 'CUDA' if device.type == 'cuda' else 'CPU'
     body = [f'### {title}', '',
             f'Written by `{command.strip()}` on {when} in {wall / 60:.1f} min. {header}'
             + (f' Load average before the run: {load[0]:.2f} (other processes share the machine; the ratios '
                f'come from interleaved steps in one process).' if load else ''), '',
             f'SLaK-T / timm ConvNeXt-T training images/s (target >= 0.5x): {ratios}. '
-            f'Deploy (strips) / training form at inference (target >= 1.3x): {deploy}.', '',
-            '**Training step** (forward, backward, AdamW; SLaK-T also re-applies its 40% sparse masks). '
+            f'Deploy (strips) / training form at inference (target >= 1.3x): {deploy}; the bound for any deploy '
+            f'form (large-kernel path skipped, the rest shared): {ceiling}.', '',
+            '**Training step** (forward, backward, fused AdamW as `repro train` runs it; SLaK-T also re-applies '
+            'its 40% sparse masks). '
             'GFLOP/s = images/s x 6 x forward MACs as executed; memory: ' +
             ('allocator peak growth during a step plus parameters and optimizer state.' if device.type == 'cuda'
              else 'peak resident-set (VmHWM) growth of a child process over 2 steps.'), '',
@@ -492,7 +543,12 @@ def main(argv=None) -> int:
         body += ['**Exact CPU depthwise backward** (`LargeKernelConv2d.fast_backward`; weight gradient as a depthwise '
                  'forward conv, input gradient as a flipped-kernel conv), SLaK-T train step:', '',
                  '| size | batch | off ms | on ms | speed-up |', '|---|---|---|---|---|', *fast, '']
-    body += ['**Inference** (eval mode, inference mode; the deploy forms fold BatchNorm and merge branches):', '',
+    body += ['**Optimizer step** (AdamW over all parameters, gradients present; `train.fused_optimizer`, on by '
+             'default, picks the fused kernel):', '',
+             '| model | params M | loop ms | foreach ms | fused ms | fused speed-up |', '|---|---|---|---|---|---|',
+             *optim, '']
+    body += ['**Inference** (eval mode, inference mode; the deploy forms fold BatchNorm and merge branches; the '
+             '"bound" row skips every large-kernel path, which no exact deploy form can beat):', '',
              '| form | size | batch | images/s | vs training form |', '|---|---|---|---|---|', *evals, '',
              '**Teacher cost in distillation** (SLaK-T teacher, per batch, next to a step of the paper\'s '
              'ConvNeXt-T student):', '',

@@ -211,6 +211,8 @@ class Trainer:
         opt_kwargs = {"momentum": tc.momentum} if tc.opt == "sgd" else {}
         if tc.opt not in ("adamw", "sgd"):
             raise ReproError(f"train.opt expects adamw or sgd, found '{tc.opt}'")
+        if tc.fused_optimizer and self.device.type in ("cpu", "cuda"):
+            opt_kwargs["fused"] = True
         self.optimizer = create_optimizer_v2(self.module, opt=tc.opt, lr=self.lr, weight_decay=tc.weight_decay,
                                              **opt_kwargs)
         from timm.scheduler import CosineLRScheduler
