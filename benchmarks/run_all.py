@@ -7,8 +7,9 @@
 
 Measures, on one device and in one process (so that ratios are not skewed by other load on the machine):
   * training: images/s of a full step (forward, backward, fused AdamW step as repro train runs it; plus the
-    masking step of DynamicSparsity at 40% sparsity for SLaK-T) for SLaK-T, the paper's ConvNeXt-T student (l2s_convnext_tiny)
-    and timm's ConvNeXt-T at 32x32 and 224x224, the three models' steps interleaved round-robin; the
+    masking step of DynamicSparsity at 40% sparsity for SLaK-T) for SLaK-T, the paper's ConvNeXt-T student
+    (l2s_convnext_tiny) and timm's ConvNeXt-T at 32x32 and 224x224, the three models' steps interleaved
+    round-robin (each timed step right after an untimed one of the same model); the
     SLaK-T/ConvNeXt-T ratio; achieved GFLOP/s (6 FLOPs per multiply-accumulate of the forward, as executed);
     peak memory (CPU: the maxrss growth of a child process doing the same steps; CUDA: the allocator's peak);
   * the exact CPU depthwise backward of repro.models.slak (on vs off) for SLaK-T;
@@ -18,6 +19,7 @@ Measures, on one device and in one process (so that ratios are not skewed by oth
   * distillation: the cost of the teacher's forward (repro.distill.Teacher: deploy form under inference mode,
     against the training form and against a plain forward with autograd on) next to a student step;
   * masking: DynamicSparsity.step() against a train step (benchmarks/bench_sparse.py);
+  * memory at 224 for batch 64 under 16-bit AMP: measured on CUDA; on CPU, the saved activations counted;
   * with --include-suite: wall time of `python -m repro quickstart` and of `pytest -m "not slow" tests`.
 Timing: warm-up rounds excluded, median over the timed rounds. Nothing is asserted.
 """
@@ -77,11 +79,21 @@ def set_fast_backward(model: torch.nn.Module, on: bool) -> torch.nn.Module:
     return model
 
 
-def interleaved(fns: dict, warmup: int, steps: int, device: torch.device) -> dict:
-    """{name: [seconds per call]} of the timed rounds; each round calls every fn once, in turn."""
+def interleaved(fns: dict, warmup: int, steps: int, device: torch.device, rewarm: int = 1) -> dict:
+    """{name: [seconds per call]} of the timed rounds; each round calls every fn in turn, `rewarm` untimed
+    times and then once timed.
+
+    Alternating spreads other processes' load over all fns alike; the untimed calls before each timed one put
+    the timed call where it sits in a real loop, right after a call of the same fn. Without them the memory
+    allocator is left in the state the previous fn needed, and a model with larger tensors pays for it (on
+    CPU, SLaK-T's step after a ConvNeXt-T step page-faults in fresh memory: up to 1.5x slower than in its own
+    training loop).
+    """
     times = {k: [] for k in fns}
     for r in range(warmup + steps):
         for name, fn in fns.items():
+            for _ in range(rewarm if r >= warmup else 0):
+                fn()
             _sync(device)
             start = time.perf_counter()
             fn()
@@ -209,7 +221,7 @@ def bench_training(size: int, batch: int, args, device: torch.device, lines: lis
     trainers = {label: Trainer(name, size, batch, device, args.precision, args.channels_last,
                                sparse=(name == 'slak_tiny'))
                 for label, name in MODELS.items()}
-    times = interleaved({k: t.step for k, t in trainers.items()}, args.warmup, args.steps, device)
+    times = interleaved({k: t.step for k, t in trainers.items()}, args.warmup, args.steps, device, args.rewarm)
     rows, out = [], {}
     for label, t in trainers.items():
         sec = _median(times[label])
@@ -242,7 +254,7 @@ def bench_fast_backward(size: int, batch: int, args, device: torch.device, lines
         return
     runs = {on: Trainer('slak_tiny', size, batch, device, args.precision, args.channels_last, sparse=True,
                         fast_backward=on) for on in (False, True)}
-    times = interleaved({on: t.step for on, t in runs.items()}, args.warmup, args.steps, device)
+    times = interleaved({on: t.step for on, t in runs.items()}, args.warmup, args.steps, device, args.rewarm)
     off, on = _median(times[False]), _median(times[True])
     record[f'fast_backward_{size}'] = dict(batch=batch, off_ms=1e3 * off, on_ms=1e3 * on, speedup=off / on)
     row = f'| {size} | {batch} | {1e3 * off:.0f} | {1e3 * on:.0f} | {off / on:.2f}x |'
@@ -259,7 +271,8 @@ def bench_optimizer(args, device: torch.device, lines: list, record: dict) -> No
         for p in model.parameters():
             p.grad = torch.randn_like(p)
         opts = {impl: make_adamw(model, impl) for impl in OPTIMIZER_IMPLS}
-        times = interleaved({impl: o.step for impl, o in opts.items()}, args.warmup, args.steps, device)
+        times = interleaved({impl: o.step for impl, o in opts.items()}, args.warmup, args.steps, device,
+                            args.rewarm)
         ms = {impl: 1e3 * _median(v) for impl, v in times.items()}
         out[label] = ms
         row = (f'| {label} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f} | {ms["loop"]:.1f} | '
@@ -300,7 +313,7 @@ def bench_eval(size: int, batch: int, args, device: torch.device, lines: list, r
             with _autocast(device, args.precision):
                 net(x)
         times = interleaved({k: (lambda n=n: forward(n)) for k, n in nets.items()}, args.warmup, args.steps,
-                            device)
+                            device, args.rewarm)
     ips = {k: batch / _median(v) for k, v in times.items()}
     base = ips['SLaK-T training form']
     record[f'eval_{size}'] = dict(batch=batch, images_per_s=ips,
@@ -334,7 +347,7 @@ def bench_teacher(size: int, batch: int, args, device: torch.device, lines: list
     fns = {'student train step': student.step}
     for k, t in teachers.items():
         fns[k] = plain if t is None else (lambda t=t: t(x))
-    times = interleaved(fns, args.warmup, args.steps, device)
+    times = interleaved(fns, args.warmup, args.steps, device, args.rewarm)
     step = _median(times['student train step'])
     out = {}
     for k, v in times.items():
@@ -356,6 +369,43 @@ def bench_masking(size: int, batch: int, args, device: torch.device, lines: list
            f'{r["update_ms"]:.0f} | {r["update_pct_amortised"]:.3f}% |')
     lines.append(row)
     print(row, flush=True)
+
+
+def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> int:
+    """Bytes of the tensors autograd keeps for backward in one forward under 16-bit autocast (parameters and
+    storages shared between saved tensors counted once)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(x.device.type, dtype=dtype):
+            model(x).float().sum()
+    return sum(saved.values())
+
+
+def bench_activation_memory(args, device: torch.device, lines: list, record: dict) -> None:
+    """CPU stand-in for the GPU memory target: saved activations per 224x224 image under 16-bit autocast
+    (bf16 here; fp16 saves the same sizes), scaled to batch 64, plus parameters, gradients and AdamW state."""
+    out = {}
+    for label, name in MODELS.items():
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=1000, img_size=224).to(device).train()
+        x = torch.randn(2, 3, 224, 224, device=device)
+        per_image = saved_activation_bytes(model, x, torch.bfloat16) / 2
+        state = 4 * sum(p.numel() * 4 for p in model.parameters())  # weights, gradients, two AdamW moments
+        total = 64 * per_image + state
+        out[label] = dict(activations_mib_per_image=per_image / MIB, batch64_gib=total / 2 ** 30)
+        row = (f'| {label} (`{name}`) | {per_image / MIB:.0f} | {64 * per_image / 2 ** 30:.2f} | '
+               f'{state / 2 ** 30:.2f} | {total / 2 ** 30:.2f} |')
+        lines.append(row)
+        print(row, flush=True)
+        del model
+    record['activation_memory_224'] = out
 
 
 def cuda_batch64_check(args, device: torch.device, lines: list, record: dict) -> None:
@@ -450,6 +500,8 @@ def main(argv=None) -> int:
                                                                     'CUDA; --quick 2)')
     parser.add_argument('--steps', type=int, default=None, help='timed rounds (default 3; --quick 2)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed rounds first (default 1)')
+    parser.add_argument('--rewarm', type=int, default=1, help='untimed calls of the same step before each timed '
+                                                              'one (default 1; 0: strict alternation)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s own)')
     parser.add_argument('--channels-last', action='store_true', help='models and inputs in NHWC memory format')
     parser.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
@@ -486,7 +538,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     header = (f'{machine_line(device)}; precision {args.precision}; memory format '
               f'{"channels_last" if args.channels_last else "contiguous (NCHW)"}; {args.warmup} warm-up + '
-              f'{args.steps} timed rounds, median.')
+              f'{args.steps} timed rounds, each timed call after {args.rewarm} untimed call(s) of the same step; '
+              f'median.')
     load = os.getloadavg() if hasattr(os, 'getloadavg') else None
     print(header, flush=True)
     record = dict(device=str(device), machine=machine_line(device), torch=torch.__version__,
@@ -514,6 +567,16 @@ def main(argv=None) -> int:
         bench_masking(size, batch[size], args, device, mask, record)
     if device.type == 'cuda':
         cuda_batch64_check(args, device, extra, record)
+    elif 224 in args.sizes:
+        print('-- saved activations at 224 under 16-bit autocast', flush=True)
+        actmem = []
+        bench_activation_memory(args, device, actmem, record)
+        extra += ['**Activation memory at 224** (the GPU target is SLaK-T batch 64 at 224 within 16 GB with fp16 '
+                  'AMP; measured on CUDA by `--device cuda`; here the tensors autograd saves for backward are '
+                  'counted under bf16 autocast on CPU, which keeps the same sizes as fp16; allocator overhead, '
+                  'cuDNN workspaces and backward temporaries come on top):', '',
+                  '| model | saved MiB / image | batch 64 GiB | weights + grads + AdamW GiB | sum GiB |',
+                  '|---|---|---|---|---|', *actmem, '']
     if args.include_suite:
         print('-- quickstart and test suite', flush=True)
         bench_suite(suite, record)

@@ -424,4 +424,4 @@ def test_randaugment_posterize_to_zero_bits_gives_black_image():
     post = next(op for op in ra.ops if op.name == "PosterizeIncreasing")
     post.prob = 1.0
     img = Image.new("RGB", (32, 32), (200, 100, 50))
-    assert list(post(img).getdata())[0] == (0, 0, 0)  # magnitude 10 keeps 0 bits
+    assert post(img).getpixel((0, 0)) == (0, 0, 0)  # magnitude 10 keeps 0 bits
