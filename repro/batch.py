@@ -164,15 +164,29 @@ def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
 
 def _local_kernel_transport() -> dict[str, Any]:
     """On POSIX, talk to the local kernel over unix sockets: no TCP port opens, and ipykernel's warning about
-    unencrypted TCP stays out of the user's terminal."""
+    unencrypted TCP stays out of the user's terminal. The sockets live in a private temporary folder (jupyter's
+    default would be `kernel-ipc-N` files in the working directory), removed when the kernel shuts down."""
     if os.name != "posix":
         return {}
+    import tempfile
+
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             kwargs.setdefault("transport", "ipc")
+            self._socket_dir = None
+            if "ip" not in kwargs:
+                self._socket_dir = tempfile.mkdtemp(prefix="repro-kernel-")
+                kwargs["ip"] = os.path.join(self._socket_dir, "ipc")
             super().__init__(**kwargs)
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart and self._socket_dir:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+        cleanup_resources = _async_cleanup_resources
 
     return {"kernel_manager_class": IPCKernelManager}
 

@@ -58,7 +58,14 @@ def _executions(run_dir: Path) -> int:
     return int((run_dir / "executions").read_text())
 
 
-def test_batch_goes_past_failures_skips_complete_and_resumes(plan, tmp_path, capsys):
+def _kernel_socket_dirs() -> set:
+    import tempfile
+    return set(Path(tempfile.gettempdir()).glob("repro-kernel-*"))
+
+
+def test_batch_goes_past_failures_skips_complete_and_resumes(plan, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sockets_before = _kernel_socket_dirs()
     out = tmp_path / "runs"
     records = batch.run_plan(plan, out, notebooks_out=tmp_path / "executed", progress=False)
     assert [(r["name"], r["status"]) for r in records] == [("ok", "complete"), ("resumes", "stopped"),
@@ -90,6 +97,9 @@ def test_batch_goes_past_failures_skips_complete_and_resumes(plan, tmp_path, cap
     assert any(line.split()[:2] == ["resumes", "complete"] for line in table)
     assert any(line.split()[:2] == ["broken", "failed"] for line in table)
     assert "1 of 3 runs failed: broken" in captured.err
+    # The kernels' unix sockets lived in private temporary folders, all removed; none in the working directory.
+    assert not list(tmp_path.glob("kernel-ipc*"))
+    assert _kernel_socket_dirs() <= sockets_before
 
 
 def test_only_selects_runs_and_rejects_unknown_names(plan, tmp_path):
@@ -180,3 +190,19 @@ def test_undeclared_parameter_fails_that_run_only(tmp_path):
                             tmp_path, progress=False)
     assert records[0]["status"] == "failed"
     assert "declares no parameter epochs" in records[0]["error"] and "overrides" in records[0]["error"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="unix sockets are POSIX only")
+def test_kernel_sockets_live_in_a_private_temporary_folder(tmp_path, monkeypatch):
+    """Jupyter's ipc transport would put kernel-ipc-N sockets in the working directory (left behind when a run is
+    killed); here they go to a private temporary folder, removed at kernel shutdown."""
+    import asyncio
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    km = batch._local_kernel_transport()["kernel_manager_class"]()
+    assert km.transport == "ipc"
+    folder = Path(km.ip).parent
+    assert folder.is_dir() and folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("repro-kernel-")
+    asyncio.run(km.cleanup_resources())
+    assert not folder.exists() and not list(tmp_path.iterdir())
