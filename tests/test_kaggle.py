@@ -242,6 +242,14 @@ def test_prepare_session_cell_resolves_nproc_and_input_refs(tmp_path, notebook):
     ({"owner": "alice"}, [{"name": "r1", "notebook": "NB", "parameters": {"epochs": 3}}], "declares no parameter"),
     ({"owner": "alice"}, [{"name": "r1", "notebook": "missing.ipynb"}], "not found"),
     ({"owner": "alice"}, [{"name": "a.b", "notebook": "NB"}, {"name": "a_b", "notebook": "NB"}], "both map to"),
+    ({"owner": "Al ice"}, None, "is not a user name"),
+    ({"owner": "alice"}, [{"name": "r1", "notebook": "NB", "parameters": {"preset": "quickstart-studnt"}}],
+     "run 'r1' would fail on Kaggle: unknown preset 'quickstart-studnt'"),
+    ({"owner": "alice"}, [{"name": "r1", "notebook": "NB", "parameters": {"overrides": ["train.epoch=3"]}}],
+     "run 'r1' would fail on Kaggle: unknown config key 'train.epoch'"),
+    ({"owner": "alice"}, [{"name": "r1", "notebook": "NB", "parameters": {"overrides": "train.epochs=3"}}],
+     "overrides should be a list"),
+    ({"owner": "alice", "time_budget": "abc"}, None, "kaggle.time_budget expects a duration"),
 ])
 def test_prepare_refuses_bad_plans_and_writes_nothing(tmp_path, notebook, monkeypatch, kaggle, runs, expected):
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
@@ -423,6 +431,31 @@ def test_plan_sessions_arithmetic():
 def test_plan_sessions_cli(capsys):
     assert main(["kaggle", "plan-sessions", "--images-per-s", "100", "--train-size", "45000", "--epochs", "300"]) == 0
     assert "sessions: 4" in capsys.readouterr().out
+    assert main(["kaggle", "plan-sessions", "--seconds-per-epoch", "10", "--epochs", "3", "--budget", "abc"]) != 0
+    assert "--budget expects a duration" in capsys.readouterr().err
+
+
+def test_installed_official_client_starts():
+    """`make install` pins kaggle 2.x, which imports six without declaring it; the kaggle extra adds it."""
+    import importlib.util
+
+    from repro.kaggle.official import kaggle_command
+    if importlib.util.find_spec("kaggle") is None:  # finds the module without importing (it logs in at import)
+        pytest.skip("the kaggle extra is not installed")
+    proc = subprocess.run([*kaggle_command(), "--version"], capture_output=True, text=True,
+                          env={**os.environ, "HOME": "/nonexistent-home"})
+    assert proc.returncode == 0 and "Kaggle" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_client_that_cannot_start_is_named_as_such(monkeypatch):
+    from repro.kaggle import official
+    monkeypatch.setattr(official, "kaggle_command",
+                        lambda: [sys.executable, "-c", "import no_such_module_for_kaggle"])
+    with pytest.raises(ReproError, match="installed but cannot start.*ModuleNotFoundError"):
+        official.run_kaggle(["kernels", "status", "alice/abcde"], capture=True)
+    monkeypatch.setattr(official, "kaggle_command", lambda: [sys.executable, "-c", "raise SystemExit(1)"])
+    with pytest.raises(ReproError, match="kaggle auth login"):
+        official.run_kaggle(["kernels", "status", "alice/abcde"], capture=True)
 
 
 # ------------------------------------------------------------------------------------ inputs on Kaggle

@@ -2,8 +2,8 @@
 
 `import kaggle` authenticates at import time (and older clients exit the process without credentials), so
 this package never imports it: it runs the `kaggle` executable, or `python -m kaggle` when only the module
-is installed. Credentials stay the official client's business (~/.kaggle/kaggle.json or KAGGLE_USERNAME /
-KAGGLE_KEY).
+is installed. Credentials stay the official client's business (`kaggle auth login`, KAGGLE_API_TOKEN or
+~/.kaggle/access_token for the 2.x client; ~/.kaggle/kaggle.json or KAGGLE_USERNAME / KAGGLE_KEY for older ones).
 """
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from pathlib import Path
 from ..errors import ReproError
 from .metadata import KERNEL_METADATA_FILE, read_metadata, validate_kernel_metadata
 
+CREDENTIALS_HINT = ("sign in with `kaggle auth login`, or put the API token from kaggle.com/settings/api in "
+                    "KAGGLE_API_TOKEN or ~/.kaggle/access_token (clients before 2.0: ~/.kaggle/kaggle.json)")
+
 
 def kaggle_command() -> list[str]:
     """The argv prefix that runs the official client."""
@@ -25,8 +28,8 @@ def kaggle_command() -> list[str]:
         return [exe]
     if importlib.util.find_spec("kaggle") is not None:
         return [sys.executable, "-m", "kaggle"]
-    raise ReproError("the official Kaggle client is not installed; pip install kaggle (or "
-                     "pip install 'repro-lkt[kaggle]'), then put your API token in ~/.kaggle/kaggle.json")
+    raise ReproError("the official Kaggle client is not installed; pip install 'repro-lkt[kaggle]' (or "
+                     f"pip install kaggle six), then {CREDENTIALS_HINT}")
 
 
 def run_kaggle(args: list[str], *, capture: bool = False) -> subprocess.CompletedProcess:
@@ -34,8 +37,12 @@ def run_kaggle(args: list[str], *, capture: bool = False) -> subprocess.Complete
     proc = subprocess.run([*kaggle_command(), *args], capture_output=capture, text=True)
     if proc.returncode != 0:
         detail = (proc.stdout + proc.stderr).strip()[-2000:] if capture else "see the output above"
+        if "ModuleNotFoundError" in detail or "ImportError" in detail:
+            raise ReproError(f"the official Kaggle client is installed but cannot start ({detail.splitlines()[-1]}); "
+                             "install what it lacks (pip install 'repro-lkt[kaggle]' adds six, which kaggle 2.x "
+                             "imports without declaring it) and check `kaggle --version`")
         raise ReproError(f"`kaggle {' '.join(args)}` failed with status {proc.returncode} ({detail}); check the "
-                         "API token (~/.kaggle/kaggle.json), the ids, and `kaggle --version`")
+                         f"credentials ({CREDENTIALS_HINT}), the ids, and `kaggle --version`")
     return proc
 
 

@@ -20,6 +20,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,7 @@ def parse_settings(section: dict, where: str = "kaggle") -> KaggleSettings:
     settings.time_budget = str(settings.time_budget)
     if settings.sessions < 1:
         raise ReproError(f"{where}.sessions should be 1 or more, found {settings.sessions}")
-    session_budget_seconds(settings.time_budget)
+    session_budget_seconds(settings.time_budget, flag=f"{where}.time_budget")
     shape = settings.machine_shape
     if shape is not None and shape not in GPU_SHAPES + TPU_SHAPES:
         state = "is retired (Kaggle runs it on another accelerator)" if shape in RETIRED_SHAPES \
@@ -234,6 +235,31 @@ def _kaggle_parameters(run: PlanRun, settings: KaggleSettings) -> dict[str, Any]
     return params
 
 
+def _check_run_config(run: PlanRun, parameters: dict[str, Any], declared: dict, plan_dir: Path) -> None:
+    """Resolve a training run's config (preset or local config file, then overrides) as the kernel will, so a
+    misspelt preset, an unknown key or an out-of-range value fails here and not hours into a Kaggle session."""
+    if not {"preset", "overrides"} <= set(declared):
+        return  # not a training notebook
+    from ..config import load_config
+
+    overrides = parameters.get("overrides") or []
+    config_file = parameters.get("config_file")
+    if config_file is not None:
+        path = Path(config_file) if Path(config_file).is_absolute() else plan_dir / config_file
+        if _has_input_ref(config_file) or not path.is_file():
+            return  # read from an attached dataset on Kaggle; checked there
+        config_file, preset = path, None
+    else:
+        preset = parameters.get("preset", declared["preset"].get("default", "").strip("'\""))
+    if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
+        raise ReproError(f"run '{run.name}': overrides should be a list of 'key=value' strings, found "
+                         f"{overrides!r}; fix the plan")
+    try:
+        load_config(preset, config_file, [o for o in overrides if not _has_input_ref(o)])
+    except ReproError as exc:
+        raise ReproError(f"run '{run.name}' would fail on Kaggle: {exc}") from None
+
+
 def _has_input_ref(value: Any) -> bool:
     from .inputs import INPUT_REF
     if isinstance(value, (list, tuple)):
@@ -290,6 +316,9 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
     if not base.owner:
         raise ReproError(f"no Kaggle owner: set kaggle.owner in {plan.path}, pass --owner YOUR_KAGGLE_NAME "
                          "or set KAGGLE_USERNAME")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", base.owner):
+        raise ReproError(f"Kaggle owner '{base.owner}' is not a user name (letters, digits, '-', '_' or '.', no "
+                         "spaces or slashes); pass your user name as shown in your profile URL")
     names = [r.name for r in plan.runs]
     for label, asked in (("--run", runs or []), ("kaggle.runs", list(base.runs))):
         missing = sorted(set(asked) - set(names))
@@ -303,7 +332,8 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
         settings = base.for_run(run.name)
         settings.owner = base.owner
         source = find_notebook(run.notebook, Path(plan.path).parent)
-        check_parameters(source, _kaggle_parameters(run, settings))
+        declared = check_parameters(source, _kaggle_parameters(run, settings))
+        _check_run_config(run, _kaggle_parameters(run, settings), declared, Path(plan.path).parent)
         for session in range(1, settings.sessions + 1):
             meta = kernel_metadata(settings, run.name, session, source.name)
             problems = validate_kernel_metadata(meta)

@@ -20,10 +20,10 @@ DEFAULT_SESSION_BUDGET = "11h15m"
 MAX_SESSION_BUDGET_S = 11.5 * 3600
 
 
-def session_budget_seconds(budget: str | float) -> float:
-    """A session budget in seconds, refused above Kaggle's ~12 h session limit."""
+def session_budget_seconds(budget: str | float, flag: str = "--budget") -> float:
+    """A session budget in seconds, refused above Kaggle's ~12 h session limit; `flag` names it in errors."""
     from ..train.budget import parse_duration
-    seconds = parse_duration(budget)
+    seconds = parse_duration(budget, flag=flag)
     if seconds is None or seconds > MAX_SESSION_BUDGET_S:
         raise ReproError(f"a session budget of {budget} leaves no room under Kaggle's ~12 h session limit, and a "
                          "run killed at the limit loses its outputs; use at most 11h30m (default 11h15m)")

@@ -11,8 +11,9 @@ from ..errors import ReproError
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
 
 
-def parse_duration(value: str | float | int | None) -> float | None:
-    """Seconds from `11h30m`, `45m`, `90s`, `1h 5m 3s` or a plain number of seconds; None stays None."""
+def parse_duration(value: str | float | int | None, flag: str = "--time-budget") -> float | None:
+    """Seconds from `11h30m`, `45m`, `90s`, `1h 5m 3s` or a plain number of seconds; None stays None.
+    `flag` names the option in error messages."""
     if value is None or value == "":
         return None
     if isinstance(value, (int, float)):
@@ -24,11 +25,11 @@ def parse_duration(value: str | float | int | None) -> float | None:
         except ValueError:
             parts = _PART.findall(text)
             if not parts or _PART.sub("", text).strip():
-                raise ReproError(f"--time-budget expects a duration like 11h30m, 45m, 90s or seconds, "
+                raise ReproError(f"{flag} expects a duration like 11h30m, 45m, 90s or seconds, "
                                  f"found '{value}'") from None
             seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
     if seconds <= 0:
-        raise ReproError(f"--time-budget must be positive, found '{value}'")
+        raise ReproError(f"{flag} must be positive, found '{value}'")
     return seconds
 
 
