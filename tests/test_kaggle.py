@@ -409,6 +409,11 @@ def test_chained_session_resumes_from_kaggle_input(tmp_path, monkeypatch):
             [(1, "stopped", 2), (2, "complete", 4)]
         assert rows[1]["resumed_from_step"] == 2 and rows[1]["session_wall_s"] > 0
         assert "run: complete after 2 session(s)" in format_chain_status(rows)
+        # Which split each accuracy is on: best validation top-1, and the test top-1 once complete.
+        assert rows[0]["test_top1"] is None and rows[1]["test_top1"] == second["test_top1"]
+        table = format_chain_status(rows).splitlines()
+        assert table[0].split()[5:7] == ["val1", "test1"]
+        assert table[2].split()[5:7] == [f"{second['best_top1']:.2f}", f"{second['test_top1']:.2f}"]
         assert "more session(s)" in format_chain_status(rows[:1])
         estimate = plan_sessions_from_run(kaggle / "working" / "run", epochs=300)
         assert estimate["sessions"] >= 1 and estimate["seconds_per_epoch"] > 0

@@ -111,8 +111,9 @@ def chain_status(paths: Iterable[str | Path]) -> list[dict]:
     preset apart.
 
     Each row: run, session (resumes + 1), status, stop_reason, steps_done, steps_total, epochs_done,
-    epochs_total, top1 (best), wall_time_s (cumulative over the chain), session_wall_s, resumed_from_step
-    (the previous session's last step), finished (time of the summary), path.
+    epochs_total, top1 (the best top-1 on the validation split so far), test_top1 (the final model on the test
+    split, once the run is complete and has one), wall_time_s (cumulative over the chain), session_wall_s,
+    resumed_from_step (the previous session's last step), finished (time of the summary), path.
     """
     rows = []
     for d in _summary_dirs(paths):
@@ -122,6 +123,7 @@ def chain_status(paths: Iterable[str | Path]) -> list[dict]:
             "stop_reason": s.get("stop_reason"), "steps_done": s.get("steps_done") or 0,
             "steps_total": s.get("steps_total"), "epochs_done": s.get("epochs_done"),
             "epochs_total": s.get("epochs_total"), "top1": s.get("best_top1", s.get("top1")),
+            "test_top1": s.get("test_top1"),
             "wall_time_s": s.get("wall_time_s") or 0.0, "session_wall_s": s.get("wall_time_s") or 0.0,
             "resumed_from_step": None,
             "finished": time.strftime("%Y-%m-%d %H:%M", time.localtime((d / "summary.json").stat().st_mtime)),
@@ -144,15 +146,18 @@ def format_chain_status(rows: list[dict], budget: str | float = DEFAULT_SESSION_
     """A table of `chain_status` rows plus, per run, whether it is done or how many sessions remain."""
     if not rows:
         return "no summary.json found"
-    lines = [f"{'run':<32} {'sess':>4} {'status':<9} {'steps':>15} {'epochs':>9} {'top1':>6} {'wall':>6} "
-             f"{'from':>8}  finished"]
+    lines = [f"{'run':<32} {'sess':>4} {'status':<9} {'steps':>15} {'epochs':>9} {'val1':>6} {'test1':>6} "
+             f"{'wall':>6} {'from':>8}  finished"]
     for r in rows:
         top1 = f"{r['top1']:.2f}" if isinstance(r["top1"], (int, float)) else "-"
+        test1 = f"{r.get('test_top1'):.2f}" if isinstance(r.get("test_top1"), (int, float)) else "-"
         start = str(r["resumed_from_step"]) if r["resumed_from_step"] is not None else "-"
         lines.append(f"{r['run']:<32} {r['session']:>4} {r['status'] or '-':<9} "
                      f"{str(r['steps_done']) + '/' + str(r['steps_total']):>15} "
-                     f"{str(r['epochs_done']) + '/' + str(r['epochs_total']):>9} {top1:>6} "
+                     f"{str(r['epochs_done']) + '/' + str(r['epochs_total']):>9} {top1:>6} {test1:>6} "
                      f"{_hours_minutes(r['session_wall_s']):>6} {start:>8}  {r['finished']}")
+    lines.append("val1: best top-1 on the held-out validation split so far; test1: the final model on the test "
+                 "split (complete runs); wall: this session (h:mm)")
     budget_s = session_budget_seconds(budget)
     last = {r["run"]: r for r in rows}
     for run, r in last.items():
