@@ -155,6 +155,17 @@ def test_snip_init_matches_a_direct_global_top_k():
     assert_masked(model, ds)
 
 
+def test_init_log_reports_the_overall_density_next_to_the_masked_one(caplog):
+    """Layers SNIP leaves dense count towards the target; the log must not compare the masked tensors' lower
+    density with the overall target."""
+    with caplog.at_level(logging.INFO, logger="repro.sparse"):
+        ds = sparse(make(), init="snip", init_batch=batch(100), dense_cutoff=0.9)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Sparse init"))
+    overall = float(line.split("density ")[1].split()[0])
+    assert overall == pytest.approx(0.6, abs=1e-3) and "(target 0.6000)" in line
+    assert f"{len(ds.masks)} of them masked, at density {ds.density():.4f}" in line
+
+
 def test_snip_leaves_weights_grads_buffers_mode_and_rng_untouched():
     model = make(drop=0.5)
     model.eval()

@@ -219,8 +219,11 @@ class DynamicSparsity:
         if not self._masks:
             logger.warning("Every selected layer came out dense at sparsity %g; nothing is masked.", self.sparsity)
         self._apply_masks()
-        logger.info("Sparse init '%s': %d masked tensors, density %.4f (target %.4f).",
-                    self.init, len(self._masks), self.density(), density)
+        selected = sum(numels)
+        active = sum(self._nnz.values()) + sum(p.numel() for name, p in chosen if name not in self._masks)
+        logger.info("Sparse init '%s': density %.4f over the %d selected tensors (target %.4f); %d of them masked, "
+                    "at density %.4f, the other %d left dense.", self.init, active / selected, len(chosen),
+                    density, len(self._masks), self.density(), len(chosen) - len(self._masks))
 
     @staticmethod
     def _agree_across_ranks(counts: List[int], device: torch.device) -> List[int]:
