@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -214,6 +215,95 @@ class RunConfig:
         """Write the config as YAML."""
         Path(path).write_text(self.to_yaml())
 
+    def validate(self) -> None:
+        """Check every numeric setting against its allowed range; a ReproError lists each one outside it."""
+        values = flat_dict(self)
+        problems = [problem for rule in _RANGES if (problem := rule.check(values[rule.key], values))]
+        if problems:
+            raise ReproError("invalid config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The allowed values of one numeric key: `ok(value, all_values)`, described as `allowed`."""
+
+    key: str
+    allowed: str
+    ok: typing.Callable[[Any, dict], bool]
+    suggest: str
+    why: str = ""
+
+    def check(self, value: Any, values: dict) -> str | None:
+        if value is None and type(None) in typing.get_args(_HINTS[self.key]):
+            return None
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if number and self.ok(value, values):
+            return None
+        why = f" ({self.why})" if self.why else ""
+        return (f"{self.key} must be {self.allowed}{why}, found {value!r} "
+                f"(set e.g. --set {self.key}={self.suggest})")
+
+
+def _open_unit(v: Any, _: dict) -> bool:
+    return 0 <= v < 1
+
+
+def _unit(v: Any, _: dict) -> bool:
+    return 0 <= v <= 1
+
+
+def _positive(v: Any, _: dict) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any, _: dict) -> bool:
+    return v >= 0
+
+
+def _at_least_one(v: Any, _: dict) -> bool:
+    return v >= 1
+
+
+# Ranges outside which training would crash deep inside or silently do something else than asked.
+_RANGES = (
+    _Range("model.drop_path_rate", "in [0, 1)", _open_unit, "0.1", "stochastic depth rate"),
+    _Range("data.num_workers", "0 or more", _non_negative, "2", "DataLoader workers; 0 loads in the main process"),
+    _Range("data.eval_batch_size", "1 or more, or null", _at_least_one, "null",
+           "null uses train.batch_size"),
+    _Range("data.train_limit", "1 or more, or null", _at_least_one, "null", "null trains on every image"),
+    _Range("train.epochs", "1 or more", _at_least_one, "300"),
+    _Range("train.batch_size", "1 or more", _at_least_one, "128"),
+    _Range("train.accum_steps", "1 or more", _at_least_one, "1"),
+    _Range("train.lr", "above 0, or null", _positive, "4e-3", "null scales train.base_lr by the batch"),
+    _Range("train.base_lr", "above 0", _positive, "4e-3"),
+    _Range("train.base_batch", "1 or more", _at_least_one, "4096"),
+    _Range("train.min_lr", "0 or more", _non_negative, "1e-6"),
+    _Range("train.warmup_epochs", "0 or more", _non_negative, "20"),
+    _Range("train.weight_decay", "0 or more", _non_negative, "0.05"),
+    _Range("train.momentum", "in [0, 1)", _open_unit, "0.9"),
+    _Range("train.label_smoothing", "in [0, 1)", _open_unit, "0.1"),
+    _Range("train.mixup", "0 or more", _non_negative, "0.8", "Beta alpha; 0 disables mixup"),
+    _Range("train.cutmix", "0 or more", _non_negative, "1.0", "Beta alpha; 0 disables cutmix"),
+    _Range("train.mixup_prob", "in [0, 1]", _unit, "1.0", "a probability"),
+    _Range("train.mixup_switch_prob", "in [0, 1]", _unit, "0.5", "a probability"),
+    _Range("train.clip_grad", "above 0, or null", _positive, "null", "null disables clipping"),
+    _Range("train.ema_decay", "in [0, 1)", _open_unit, "0.9999", "0 disables the EMA"),
+    _Range("train.eval_every", "1 or more", _at_least_one, "1", "evaluate every this many epochs"),
+    _Range("train.keep_checkpoints", "1 or more", _at_least_one, "3",
+           "resuming needs at least one checkpoint on disk"),
+    _Range("sparse.sparsity", "in [0, 1)", _open_unit, "0.4", "fraction of zeros; 0 trains dense"),
+    _Range("sparse.update_frequency", "1 or more", _at_least_one, "2000",
+           "optimizer steps between prune-and-regrow updates"),
+    _Range("sparse.prune_rate", "in (0, 1]", lambda v, _: 0 < v <= 1, "0.5"),
+    _Range("sparse.min_prune_rate", "in [0, sparse.prune_rate]", lambda v, c: 0 <= v <= c["sparse.prune_rate"],
+           "0.005"),
+    _Range("sparse.dense_cutoff", "in (0, 1]", lambda v, _: 0 < v <= 1, "1.0"),
+    _Range("distill.temperature", "above 0, or null", _positive, "null", "null takes the method's default"),
+    _Range("distill.alpha", "0 or more, or null", _non_negative, "null", "null takes the method's default"),
+    _Range("distill.beta", "0 or more, or null", _non_negative, "null", "null takes the method's default"),
+    _Range("distill.fd_weight", "0 or more", _non_negative, "1.0"),
+)
+
 
 # Sections whose values identify what is trained; differences here make a resume unsafe.
 RESUME_SENSITIVE = ("seed", "model", "data", "train", "sparse", "distill")
@@ -384,7 +474,7 @@ def _nested_set(d: dict, key: str, value: Any) -> None:
 
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
                 overrides: Iterable[str] = ()) -> RunConfig:
-    """Resolve a preset or YAML file, then apply `key=value` overrides in order."""
+    """Resolve a preset or YAML file, apply `key=value` overrides in order, and check the value ranges."""
     if preset and config_file:
         raise ReproError("give either a preset or a config file, not both")
     if preset:
@@ -400,6 +490,7 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
     cfg = RunConfig.from_dict(data)
     for text in overrides:
         set_value(cfg, *parse_override(text))
+    cfg.validate()
     return cfg
 
 

@@ -506,6 +506,7 @@ def test_teacher_renormalises_inputs():
 # ------------------------------------------------------------------ load_teacher
 
 def _save_run(tmp_path, model, name="slak_micro", classes=10, ema=None, summary=None, **kwargs):
+    """A finished teacher run folder (`summary` entries replace those of its summary.json; None writes none)."""
     cfg = {"model": {"name": name, "num_classes": classes, "drop_path_rate": 0.1, "kwargs": kwargs},
            "data": {"img_size": 32}}
     run = tmp_path / "teacher_run"
@@ -524,6 +525,11 @@ def _save_run(tmp_path, model, name="slak_micro", classes=10, ema=None, summary=
     return run
 
 
+def _save_finished_run(tmp_path, model, summary=None, **kw):
+    return _save_run(tmp_path, model, summary={"status": "complete", "stop_reason": None, "steps_done": 10,
+                                               "steps_total": 10, **(summary or {})}, **kw)
+
+
 def _same_weights(teacher, model):
     ref = Teacher(model, deploy=False).model.state_dict()
     got = teacher.model.state_dict()
@@ -532,7 +538,7 @@ def _same_weights(teacher, model):
 
 def test_load_teacher_from_run_folder_and_identity(tmp_path):
     model = _micro("slak_micro", stem_stride=2)
-    run = _save_run(tmp_path, model, stem_stride=2)
+    run = _save_finished_run(tmp_path, model, stem_stride=2)
     teacher = load_teacher(run, num_classes=10, img_size=32, deploy=False)
     assert _same_weights(teacher, model) and not teacher.training
     ident = teacher.identity()
@@ -546,7 +552,7 @@ def test_load_teacher_from_run_folder_and_identity(tmp_path):
 
 def test_load_teacher_picks_ema_when_summary_says_better(tmp_path):
     model, ema = _micro("l2s_convnext_micro", seed=0), _micro("l2s_convnext_micro", seed=1)
-    run = _save_run(tmp_path, model, name="l2s_convnext_micro", ema=ema, summary={"ema_better": True})
+    run = _save_finished_run(tmp_path, model, name="l2s_convnext_micro", ema=ema, summary={"ema_better": True})
     teacher = load_teacher(run, num_classes=10, img_size=32, deploy=False)
     assert _same_weights(teacher, ema) and teacher.identity()["weights"] == "model_ema"
     raw = load_teacher(run, num_classes=10, img_size=32, deploy=False, use_ema=False)
@@ -588,10 +594,39 @@ def test_load_teacher_errors(tmp_path):
         load_teacher(weights, model_name="l2s_convnext_micro", num_classes=10, img_size=32)
     with pytest.raises(ReproError, match="predicts 10 classes but the student's data has 100"):
         load_teacher(weights, model_name="slak_micro", num_classes=100, img_size=32)
-    run = _save_run(tmp_path, _micro("slak_micro"))
+    run = _save_finished_run(tmp_path, _micro("slak_micro"))
     with pytest.raises(ReproError, match="10 classes but the student's data has 100"):
         load_teacher(run, num_classes=100, img_size=32)
     with pytest.raises(ReproError, match="contradicts"):
         load_teacher(run, model_name="l2s_convnext_micro", num_classes=10, img_size=32)
     with pytest.raises(ReproError, match="no EMA"):
         load_teacher(run, num_classes=10, img_size=32, use_ema=True)
+
+
+def test_load_teacher_refuses_an_unfinished_run_folder(tmp_path):
+    """A stopped, running or crashed teacher run is not used silently; its checkpoint file still loads."""
+    model = _micro("slak_micro")
+    run = _save_run(tmp_path, model, summary={"status": "stopped", "stop_reason": "time_budget", "steps_done": 45,
+                                              "steps_total": 600})
+    newest = run / "checkpoints" / "ckpt-00000010.pt"
+    with pytest.raises(ReproError) as err:
+        load_teacher(run, num_classes=10, img_size=32)
+    message = str(err.value)
+    assert f"the teacher run at {run} is 'stopped' (time_budget) after 45 of 600 steps" in message
+    assert f"--out {run}" in message and f"the newest is {newest}" in message and "\n" not in message
+    (run / "summary.json").unlink()  # still training, or killed before its first summary
+    with pytest.raises(ReproError, match=r"checkpoints \(up to step 10\) but no summary.json"):
+        load_teacher(run, num_classes=10, img_size=32)
+    assert _same_weights(load_teacher(newest, num_classes=10, img_size=32, deploy=False), model)
+
+
+def test_load_teacher_model_name_advice_is_for_the_command_line(tmp_path):
+    """A teacher file that does not record its model asks for the config key a CLI user sets."""
+    weights = tmp_path / "official.pth"
+    torch.save({"model": _micro("slak_micro").state_dict()}, weights)
+    with pytest.raises(ReproError) as err:
+        load_teacher(weights, num_classes=10, img_size=32)
+    assert "--set distill.teacher_model=NAME" in str(err.value) and "`repro models`" in str(err.value)
+    assert "slak_tiny" in str(err.value) and "list_models()" not in str(err.value)
+    with pytest.raises(ReproError, match=r"do not fit.*--set distill\.teacher_model=NAME"):
+        load_teacher(weights, model_name="l2s_convnext_micro", num_classes=10, img_size=32)

@@ -294,3 +294,44 @@ def test_interrupted_run_is_flagged(tmp_path):
     summary["stop_reason"] = "checkpoint"  # what the engine leaves behind while running or after a kill
     (tmp_path / "r" / "summary.json").write_text(json.dumps(summary))
     assert runs_table(load_runs([tmp_path]))["status"].tolist() == ["stopped (interrupted) at epoch 2/4"]
+
+
+RUNS_TEACHER = "runs/digits-slak-micro-teacher/checkpoints/ckpt-00000040.pt"
+
+
+def _student_of(tmp_path: Path, source: str, folder: str, teacher_path: str, sha: str, teacher_top1: float) -> Path:
+    """A copy of a distilled fixture run whose teacher is replaced (and whose weights thus differ)."""
+    run = tmp_path / "runs" / folder
+    shutil.copytree(RUNS / source, run)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["distill"].update(teacher_path=teacher_path, teacher_sha256=sha, teacher_top1=teacher_top1)
+    summary["state_digest"] = sha[:8] + summary["state_digest"][8:]
+    (run / "summary.json").write_text(json.dumps(summary))
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace(f"teacher: {RUNS_TEACHER}", f"teacher: {teacher_path}"))
+    return run
+
+
+def test_students_of_different_teachers_are_never_averaged(tmp_path):
+    """The same student recipe distilled from a long-trained and from a short-trained teacher of one model gives
+    two rows (each with its own teacher top-1); seeds of one teacher are still averaged."""
+    strong, weak = RUNS_TEACHER, "runs/tb2/checkpoints/ckpt-00000045.pt"
+    _student_of(tmp_path, "digits-student-nkd-s0", "strong-s0", strong, "1" * 64, 98.33)
+    _student_of(tmp_path, "digits-student-nkd-s1", "strong-s1", strong, "1" * 64, 98.33)
+    _student_of(tmp_path, "digits-student-nkd-s0", "weak-s0", weak, "3" * 64, 79.94)
+    runs = load_runs([tmp_path / "runs"])
+    grid = distillation_grid(runs).set_index("runs")
+    assert sorted(grid.index) == ["strong-s0 strong-s1", "weak-s0"]
+    assert list(grid.loc[["strong-s0 strong-s1", "weak-s0"], "n"]) == [2, 1]
+    assert list(grid.loc[["strong-s0 strong-s1", "weak-s0"], "teacher_top1"]) == [98.33, 79.94]
+    assert grid.loc["strong-s0 strong-s1", "recipe"] == "teacher=digits-slak-micro-teacher/ckpt-00000040.pt"
+    assert grid.loc["weak-s0", "recipe"] == "teacher=tb2/ckpt-00000045.pt"
+    pvr = paper_vs_reproduction(runs, load_published())
+    assert sorted(pvr[pvr["method"] == "nkd"]["runs"]) == ["strong-s0 strong-s1", "weak-s0"]
+
+    # Teachers whose checkpoints have the same folder and file names are told apart by their sha256.
+    shutil.rmtree(tmp_path / "runs" / "weak-s0")
+    _student_of(tmp_path, "digits-student-nkd-s0", "weak-s0", "/elsewhere/" + strong, "3" * 64, 79.94)
+    grid = distillation_grid(load_runs([tmp_path / "runs"])).set_index("runs")
+    assert grid.loc["weak-s0", "recipe"] == "teacher=digits-slak-micro-teacher/ckpt-00000040.pt (sha256 333333333333)"
+    assert grid.loc["strong-s0 strong-s1", "recipe"].endswith("(sha256 111111111111)")

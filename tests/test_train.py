@@ -175,8 +175,7 @@ def test_different_config_is_refused_unless_forced(tmp_path):
 
 def test_distillation_resume_and_teacher_untouched(tmp_path):
     teacher_dir = tmp_path / "teacher"
-    train(cfg_for("train.epochs=1", "sparse.sparsity=0.0", "data.train_limit=256"), teacher_dir, max_steps=3,
-          progress=False)
+    train(cfg_for("train.epochs=1", "sparse.sparsity=0.0", "data.train_limit=256"), teacher_dir, progress=False)
     ckpt_before = {p.name: p.read_bytes() for p in (teacher_dir / "checkpoints").iterdir()}
     over = ["train.epochs=1", "data.train_limit=256", "train.batch_size=32", "distill.method=nkd+fd",
             f"distill.teacher={teacher_dir}",
@@ -331,3 +330,139 @@ def test_fused_optimizer_by_default_and_close_to_the_loop(tmp_path):
         runs[fused] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     assert not torch.equal(runs[True], runs[False])  # two implementations really ran
     torch.testing.assert_close(runs[True], runs[False], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("override, allowed, found", [
+    ("train.eval_every=0", "1 or more", "0"), ("train.batch_size=0", "1 or more", "0"),
+    ("train.accum_steps=0", "1 or more", "0"), ("train.lr=-1", "above 0", "-1.0"),
+    ("train.base_lr=0", "above 0", "0.0"), ("train.min_lr=-1e-6", "0 or more", "-1e-06"),
+    ("train.label_smoothing=2", "[0, 1)", "2.0"), ("data.num_workers=-1", "0 or more", "-1"),
+    ("train.ema_decay=1.5", "[0, 1)", "1.5"), ("train.clip_grad=-1", "above 0", "-1.0"),
+    ("train.warmup_epochs=-1", "0 or more", "-1.0"), ("train.epochs=0", "1 or more", "0"),
+    ("train.keep_checkpoints=0", "resuming needs at least one checkpoint", "0"),
+    ("train.mixup=-0.2", "0 or more", "-0.2"), ("train.cutmix=-1", "0 or more", "-1.0"),
+    ("train.mixup_prob=1.5", "[0, 1]", "1.5"), ("train.mixup_switch_prob=-0.1", "[0, 1]", "-0.1"),
+    ("train.momentum=1", "[0, 1)", "1.0"), ("train.lr=.nan", "above 0", "nan"),
+    ("sparse.sparsity=1", "[0, 1)", "1.0"), ("sparse.update_frequency=0", "1 or more", "0"),
+    ("sparse.prune_rate=1.5", "(0, 1]", "1.5"), ("distill.temperature=0", "above 0", "0.0"),
+    ("model.drop_path_rate=1", "[0, 1)", "1.0"),
+])
+def test_out_of_range_config_is_refused_with_key_value_and_suggestion(override, allowed, found):
+    key = override.split("=")[0]
+    with pytest.raises(ReproError) as err:
+        cfg_for(override)
+    message = str(err.value)
+    assert "\n" not in message and allowed in message
+    assert f"{key} must be" in message and f"found {found} " in message and f"--set {key}=" in message
+
+
+def test_optional_numbers_accept_null():
+    cfg = cfg_for("train.lr=null", "train.clip_grad=null", "distill.temperature=null", "data.train_limit=null")
+    assert cfg.train.lr is None and cfg.train.clip_grad is None
+
+
+def test_out_of_range_config_fails_before_anything_is_built(tmp_path):
+    """A config changed after loading (as in a notebook) is checked again by the engine, before data or writing."""
+    cfg = cfg_for("train.epochs=1", "data.train_limit=128")
+    cfg.train.eval_every = 0
+    cfg.data.num_workers = -1
+    out = tmp_path / "run"
+    with pytest.raises(ReproError, match="train.eval_every must be 1 or more.*data.num_workers|data.num_workers.*"
+                                         "train.eval_every"):
+        train(cfg, out, progress=False)
+    assert not out.exists()
+
+
+def test_every_preset_loads_and_validates():
+    from importlib import resources
+    from repro.config import PRESET_PACKAGE, list_presets
+
+    bases = sorted(p.name[:-5] for p in resources.files(PRESET_PACKAGE).iterdir()
+                   if p.name.startswith("_") and p.name.endswith(".yaml"))
+    assert bases and list_presets()
+    for name in list_presets() + bases:
+        load_config(name).validate()
+
+
+def test_missing_resume_from_folder_is_refused(tmp_path):
+    missing = tmp_path / "does" / "not" / "exist"
+    out = tmp_path / "run"
+    with pytest.raises(ReproError, match=f"--resume-from {missing}: .*found nothing"):
+        train(cfg_for("train.epochs=1", "data.train_limit=128"), out, resume_from=[missing], progress=False)
+    assert not out.exists()
+    res = _cli("train", "--preset", "quickstart-teacher", "--out", str(out), "--resume-from", str(missing))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and str(missing) in res.stderr
+
+
+def test_max_steps_stop_says_how_to_continue(tmp_path, caplog):
+    caplog.set_level("INFO", logger="repro.train")
+    over = ("train.epochs=1", "data.train_limit=128", "train.batch_size=32", "sparse.sparsity=0")
+    out = tmp_path / "run"
+    s = train(cfg_for(*over), out, max_steps=1, progress=False)
+    assert s["status"] == "stopped" and s["stop_reason"] == "max_steps"
+    stops = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped")]
+    assert stops == ["stopped (max_steps) at step 1/4; to continue, run again without --max-steps "
+                     "(max_steps in Python) or with a value above 1"]
+    assert train(cfg_for(*over), out, max_steps=2, progress=False)["steps_done"] == 2  # as the hint says
+
+
+def test_forced_resume_notes_the_differences_once(tmp_path, caplog):
+    over = ("train.epochs=1", "data.train_limit=128", "train.batch_size=32", "sparse.sparsity=0")
+    out = tmp_path / "run"
+    train(cfg_for(*over), out, max_steps=1, progress=False)
+    caplog.clear()
+    train(cfg_for(*over, "train.lr=1e-3"), out, max_steps=2, force=True, progress=False)
+    notes = [r.getMessage() for r in caplog.records if "--force" in r.getMessage()]
+    assert len(notes) == 1 and "train.lr" in notes[0]
+
+
+def test_min_lr_above_peak_lr_warns(tmp_path, caplog):
+    from repro.train.engine import Trainer
+
+    Trainer(cfg_for("train.epochs=1", "data.train_limit=128", "train.lr=1e-3", "train.min_lr=1e-2"),
+            tmp_path / "run", progress=False)
+    assert "train.min_lr 1.00e-02 is above the peak learning rate 1.00e-03" in caplog.text
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.filterwarnings("ignore:cifar100 files")  # the generated CIFAR files are not the official ones
+def test_eval_with_the_wrong_model_or_dataset_says_what_to_pass(tmp_path):
+    """A checkpoint evaluated as another model, on a dataset with other classes, or with --ema when the run kept
+    no EMA weights: one line naming what it was trained as and what to pass, no traceback."""
+    from repro.data.synthetic import write_fake_cifar
+    from repro.train import evaluate
+
+    out = tmp_path / "run"
+    train(cfg_for("train.epochs=1", "data.train_limit=128"), out, progress=False)  # slak_micro, no EMA
+    with pytest.raises(ReproError) as err:
+        evaluate(out, model_name="l2s_convnext_micro")
+    assert "trained as slak_micro with 10 classes (digits), but l2s_convnext_micro" in str(err.value)
+    assert "pass --model slak_micro" in str(err.value)
+    write_fake_cifar(tmp_path / "data", num_classes=100, train_per_class=2, test_per_class=1)
+    with pytest.raises(ReproError, match=r"slak_micro with 100 classes \(cifar100\) was asked; evaluate on a "
+                                         r"dataset with 10 classes \(--set data.name=digits"):
+        evaluate(out, data_overrides=["data.name=cifar100", f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(ReproError, match=r"no EMA weights: the run was trained with train.ema_decay=0; "
+                                         r"evaluate without --ema"):
+        evaluate(out, use_ema=True)
+    res = _cli("eval", "--checkpoint", str(list_checkpoints(out / "checkpoints")[0]), "--model", "l2s_convnext_micro")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "pass --model slak_micro" in res.stderr
+
+
+def test_unfinished_teacher_run_is_refused_before_writing(tmp_path):
+    """A teacher run stopped part-way is not distilled from as a run folder; its checkpoint file still is."""
+    teacher_dir = tmp_path / "teacher"
+    stopped = train(cfg_for("train.epochs=1", "data.train_limit=256", "sparse.sparsity=0.0"), teacher_dir,
+                    max_steps=1, progress=False)
+    assert stopped["status"] == "stopped" and stopped["steps_total"] == 4
+    out = tmp_path / "student"
+    over = ["train.epochs=1", "data.train_limit=128"]
+    with pytest.raises(ReproError) as err:
+        train(cfg_for(*over, f"distill.teacher={teacher_dir}", preset="quickstart-distill"), out, progress=False)
+    newest = teacher_dir / "checkpoints" / "ckpt-00000001.pt"
+    assert f"the teacher run at {teacher_dir} is 'stopped' (max_steps) after 1 of 4 steps" in str(err.value)
+    assert f"the newest is {newest}" in str(err.value)
+    assert not out.exists()
+    summary = train(cfg_for(*over, f"distill.teacher={newest}", preset="quickstart-distill"), out, max_steps=1,
+                    progress=False)
+    assert summary["distill"]["teacher_path"] == str(newest.resolve())

@@ -23,7 +23,8 @@ import yaml
 
 from ..errors import ReproError
 
-__all__ = ["Teacher", "load_teacher", "file_sha256", "renormalize"]
+__all__ = ["Teacher", "load_teacher", "file_sha256", "renormalize", "pick_weights", "weights_misfit",
+           "misfit_text"]
 
 _AMP_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
                "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -185,6 +186,10 @@ def _is_state_dict(obj: Any) -> bool:
 
 _CKPT_RE = re.compile(r"ckpt-(\d+)\.pt")
 
+# How a user names the teacher's architecture: the config key on the command line, the argument in Python.
+_NAME_IT = "--set distill.teacher_model=NAME (model_name= in Python)"
+_LIST_THEM = "`repro models` lists the names (e.g. slak_tiny, slak_small, slak_base, convnext_tiny, swin_tiny)"
+
 
 def _latest_checkpoint(run_dir: Path) -> Path:
     folder = run_dir / "checkpoints"
@@ -197,26 +202,58 @@ def _latest_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
-def _ema_was_better(run_dir: Path) -> bool:
-    """Whether the run's summary.json says its EMA weights evaluated better than the raw ones."""
+def _read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json, None when there is none; an unreadable one reads as an empty record."""
     path = run_dir / "summary.json"
     if not path.is_file():
-        return False
+        return None
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _check_finished(run_dir: Path, newest: Path) -> None:
+    """Refuse a teacher run folder that has not completed (stopped, still training or crashed): its newest
+    checkpoint is a half-trained teacher, which would be used without anyone noticing."""
+    summary = _read_summary(run_dir)
+    if summary is not None and summary.get("status") == "complete":
+        return
+    if summary is None:
+        state = (f"has checkpoints (up to step {int(_CKPT_RE.fullmatch(newest.name).group(1))}) but no "
+                 f"summary.json: it is still training or it crashed")
+    else:
+        status = f"'{summary['status']}'" if summary.get("status") else "of unknown status"
+        reason = f" ({summary['stop_reason']})" if summary.get("stop_reason") else ""
+        done, total = summary.get("steps_done"), summary.get("steps_total")
+        progress = f" after {done} of {total} steps" if done is not None and total is not None else ""
+        state = f"is {status}{reason}{progress}"
+    again = ("without --max-steps" if summary is not None and summary.get("stop_reason") == "max_steps"
+             else "")
+    raise ReproError(f"the teacher run at {run_dir} {state}; finish it first (run its train command again "
+                     f"{again + ' ' if again else ''}with the same --out {run_dir}), or, to distill from it as it is, "
+                     f"point distill.teacher at one of its checkpoint files (the newest is {newest}).")
+
+
+def _ema_was_better(run_dir: Path) -> bool:
+    """Whether the run's summary.json says its EMA weights evaluated better than the raw ones."""
+    summary = _read_summary(run_dir) or {}
     if "ema_better" in summary:
         return bool(summary["ema_better"])
     acc, acc_ema = summary.get("best_acc1"), summary.get("best_acc1_ema")
     return isinstance(acc, (int, float)) and isinstance(acc_ema, (int, float)) and acc_ema > acc
 
 
-def _pick_weights(ckpt: Any, path: Path, use_ema: bool | str) -> tuple[dict, str]:
-    """(state dict, which entry it came from) out of any supported checkpoint layout."""
+def pick_weights(ckpt: Any, path: Path, use_ema: bool, *,
+                 without_ema: str = "use use_ema=False") -> tuple[dict, str]:
+    """(state dict, which entry it came from) out of any supported checkpoint layout.
+
+    `without_ema` is the advice given when EMA weights are asked for but the file has none.
+    """
     if _is_state_dict(ckpt):
         if use_ema is True:
-            raise ReproError(f"{path} is a plain state dict without EMA weights; use use_ema=False.")
+            raise ReproError(f"{path} is a plain state dict without EMA weights; {without_ema}.")
         return ckpt, "state_dict"
     if not isinstance(ckpt, dict):
         raise ReproError(f"{path} holds a {type(ckpt).__name__}; expected a state dict or a checkpoint dict "
@@ -225,7 +262,7 @@ def _pick_weights(ckpt: Any, path: Path, use_ema: bool | str) -> tuple[dict, str
         if raw in ckpt:
             if use_ema is True:
                 if not _is_state_dict(ckpt.get(ema)):
-                    raise ReproError(f"{path} has no EMA weights ('{ema}'); use use_ema=False.")
+                    raise ReproError(f"{path} has no EMA weights ('{ema}'); {without_ema}.")
                 return ckpt[ema], ema
             if not _is_state_dict(ckpt[raw]):
                 raise ReproError(f"the '{raw}' entry of {path} is not a state dict of tensors.")
@@ -259,25 +296,41 @@ def _classifier_key(model: nn.Module, num_classes: int) -> str | None:
     return None
 
 
-def _check_and_load(model: nn.Module, state: dict, *, model_name: str, num_classes: int, path: Path) -> None:
+def weights_misfit(model: nn.Module, state: dict, num_classes: int) -> dict | None:
+    """None when `state` loads into `model` exactly; otherwise what differs: dict(file_classes (the class count
+    of the file's classifier, None when not found), missing, unexpected, wrong (shape mismatches))."""
     expected = model.state_dict()
-    head = _classifier_key(model, num_classes)
-    if head is not None and head in state and state[head].shape[0] != num_classes:
-        raise ReproError(
-            f"the teacher {path} predicts {state[head].shape[0]} classes but the student's data has "
-            f"{num_classes}; distillation needs a teacher trained on the same classes. Train or pick a "
-            f"teacher for this dataset.")
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        def few(items):
-            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "") or "none"
+    if not (missing or unexpected or wrong):
+        return None
+    head = _classifier_key(model, num_classes)
+    file_classes = int(state[head].shape[0]) if head is not None and head in state and state[head].dim() else None
+    return {"file_classes": file_classes, "missing": missing, "unexpected": unexpected, "wrong": wrong}
+
+
+def misfit_text(misfit: dict) -> str:
+    """The key and shape differences of a `weights_misfit` result, a few of each, on one line."""
+    def few(items):
+        return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "") or "none"
+    return (f"missing keys: {few(misfit['missing'])}; unexpected keys: {few(misfit['unexpected'])}; "
+            f"shape mismatches (file vs model): {few(misfit['wrong'])}")
+
+
+def _check_and_load(model: nn.Module, state: dict, *, model_name: str, num_classes: int, path: Path) -> None:
+    misfit = weights_misfit(model, state, num_classes)
+    if misfit is not None:
+        if misfit["file_classes"] is not None and misfit["file_classes"] != num_classes:
+            raise ReproError(
+                f"the teacher {path} predicts {misfit['file_classes']} classes but the student's data has "
+                f"{num_classes}; distillation needs a teacher trained on the same classes. Train or pick a "
+                f"teacher for this dataset.")
         raise ReproError(
-            f"the weights in {path} do not fit the architecture {model_name!r}: missing keys: {few(missing)}; "
-            f"unexpected keys: {few(unexpected)}; shape mismatches (file vs model): {few(wrong)}. Pass the "
-            f"model_name the teacher was trained as (and the same img_size).")
+            f"the weights in {path} do not fit the architecture {model_name!r}: {misfit_text(misfit)}. Name the "
+            f"architecture the teacher was trained as with {_NAME_IT} and use the image size it was trained at; "
+            f"{_LIST_THEM}.")
     model.load_state_dict(state, strict=True)
 
 
@@ -287,7 +340,9 @@ def load_teacher(source: str | Path, *, model_name: str | None = None, num_class
     timm-style weight file; every mismatch raises ReproError before any training.
 
     `source` may be
-    (a) a run folder of this package (config.yaml + checkpoints/ckpt-*.pt): the newest checkpoint is used;
+    (a) a run folder of this package (config.yaml + checkpoints/ckpt-*.pt) whose summary.json says 'complete':
+        the newest checkpoint is used (a stopped, running or crashed run is refused; pass one of its
+        checkpoint files to use it as it is);
     (b) an official SLaK/L2S checkpoint {'model': state_dict, ...} (needs `model_name`);
     (c) a timm-style weight file: a plain state dict, {'state_dict': ...} or .safetensors (needs `model_name`);
     (d) a checkpoint file of this package {'model': ..., 'config': ...} (the model name comes from its config).
@@ -309,6 +364,7 @@ def load_teacher(source: str | Path, *, model_name: str | None = None, num_class
     if path.is_dir():
         run_dir = path
         path = _latest_checkpoint(run_dir)
+        _check_finished(run_dir, path)
         if (run_dir / "config.yaml").is_file():
             config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
         if use_ema == "auto":
@@ -319,18 +375,18 @@ def load_teacher(source: str | Path, *, model_name: str | None = None, num_class
     if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
         config = ckpt["config"]  # the checkpoint's own record wins over a possibly edited config.yaml
     ours = isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict)
-    state, entry = _pick_weights(ckpt, path, use_ema)
+    state, entry = pick_weights(ckpt, path, use_ema)
     state = _strip_prefix(state)
 
     model_cfg = config.get("model") if isinstance(config.get("model"), dict) else {}
     recorded = model_cfg.get("name")
     if model_name is not None and recorded is not None and model_name != recorded:
-        raise ReproError(f"model_name {model_name!r} contradicts the teacher's recorded model {recorded!r} in "
-                         f"{path}; leave model_name unset or pass {recorded!r}.")
+        raise ReproError(f"the teacher model {model_name!r} (distill.teacher_model / model_name) contradicts the "
+                         f"model {recorded!r} recorded in {path}; leave it unset or set it to {recorded!r}.")
     name = model_name or recorded
     if name is None:
-        raise ReproError(f"{path} does not record its architecture; pass model_name= (one of "
-                         f"repro.models.list_models()).")
+        raise ReproError(f"{path} does not record the teacher's architecture; name it with {_NAME_IT}; "
+                         f"{_LIST_THEM}.")
     recorded_classes = model_cfg.get("num_classes")
     if recorded_classes is not None and int(recorded_classes) != int(num_classes):
         raise ReproError(f"the teacher {path} was trained with {recorded_classes} classes but the student's data "
@@ -344,8 +400,8 @@ def load_teacher(source: str | Path, *, model_name: str | None = None, num_class
     except ReproError:
         raise
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
-        raise ReproError(f"could not build the teacher model {name!r} ({type(e).__name__}: {e}); pass a name "
-                         f"from repro.models.list_models().") from None
+        raise ReproError(f"could not build the teacher model {name!r} ({type(e).__name__}: {e}); name a model "
+                         f"with {_NAME_IT}; {_LIST_THEM}.") from None
     if not ours:
         # Foreign layouts (older SLaK strip names, original ConvNeXt/ViT files) mapped onto the model's own.
         state = _adapt_foreign_keys(model, state)

@@ -88,8 +88,9 @@ def teacher_student_bars(grid: pd.DataFrame, path: str | Path, title: str | None
         bars = ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name)
         ax.bar_label(bars, labels=["" if y != y else f"{y:.1f}" for y in ys], fontsize=7, padding=2)
     ax.set_xticks(range(len(grid)))
-    ax.set_xticklabels([f"{r.student}\n← {r.teacher}\n{method_label(r.method)}" for r in grid.itertuples()],
-                       fontsize=8)
+    # The recipe (e.g. which teacher checkpoint) tells apart rows of the same student, teacher and method.
+    ax.set_xticklabels([f"{r.student}\n← {r.teacher}\n{method_label(r.method)}"
+                        + (f"\n{r.recipe}" if r.recipe else "") for r in grid.itertuples()], fontsize=8)
     ax.set_ylabel("top-1 (%)")
     ax.set_ylim(0, 115)
     ax.legend(fontsize=8, loc="upper center", ncols=3)

@@ -54,6 +54,20 @@ class Run:
         return d.get("teacher_model") if d else None
 
     @property
+    def teacher_identity(self) -> str | None:
+        """Which teacher weights the run distilled from: their sha256 as recorded, else the teacher's path.
+
+        Students of one teacher model trained for different lengths (or from different checkpoints) differ
+        here, so that they are never averaged together.
+        """
+        d = self.distill
+        if not d:
+            return None
+        if d.get("teacher_sha256"):
+            return f"sha256:{d['teacher_sha256']}"
+        return f"path:{d['teacher_path']}" if d.get("teacher_path") else None
+
+    @property
     def metrics(self) -> list[dict[str, Any]]:
         """The rows of metrics.jsonl (empty when the file is missing)."""
         if self._metrics is None:

@@ -2,9 +2,10 @@
 
 Every number in these tables is read from a summary.json (or metrics.jsonl), from repro/published/*.csv, or
 computed from those (means, standard deviations, differences, the paper's gains). Runs are grouped across
-seeds by (model, dataset, image size, epochs, distillation method, teacher) and by every other config entry
-that changes results, so that two recipes are never averaged together. Stopped runs never enter a mean: each
-gets its own flagged row.
+seeds by (model, dataset, image size, epochs, distillation method, teacher model), by the teacher's weights
+(the sha256 a distilled run records) and by every other config entry that changes results, so that two
+recipes, or two teachers, are never averaged together. Stopped runs never enter a mean: each gets its own
+flagged row.
 
 Each function returns a pandas DataFrame of raw values (written as CSV); `*_markdown` functions format them.
 """
@@ -79,6 +80,7 @@ class Group:
     teacher: str | None
     recipe: tuple
     recipe_alone: tuple
+    teacher_id: str | None = None
     runs: list[Run] = field(default_factory=list)
     recipe_label: str = ""
 
@@ -106,8 +108,9 @@ def group_runs(runs: list[Run]) -> list[Group]:
         s = run.summary
         g = Group(model=s["model"], dataset=s["dataset"], img_size=int(s["img_size"]),
                   epochs=int(s["epochs_total"]), method=run.method, teacher=run.teacher,
-                  recipe=run.recipe(), recipe_alone=run.recipe(with_distill=False))
-        key = g.visible_key + (g.recipe,)
+                  recipe=run.recipe(), recipe_alone=run.recipe(with_distill=False),
+                  teacher_id=run.teacher_identity)
+        key = g.visible_key + (g.recipe, g.teacher_id)
         groups.setdefault(key, g).runs.append(run)
     by_visible: dict[tuple, list[Group]] = {}
     for g in groups.values():
@@ -116,9 +119,28 @@ def group_runs(runs: list[Run]) -> list[Group]:
         if len(same) > 1:
             dicts = [dict(g.recipe) for g in same]
             keys = sorted({k for d in dicts for k in d if len({json.dumps(x.get(k)) for x in dicts}) > 1})
+            teachers = _teacher_labels(same) if len({g.teacher_id for g in same}) > 1 else {}
             for g, d in zip(same, dicts):
-                g.recipe_label = ", ".join(f"{k}={json.loads(d[k]) if k in d else None}" for k in keys)
+                parts = [f"teacher={teachers[g.teacher_id]}"] if teachers else []
+                parts += [f"{k}={json.loads(d[k]) if k in d else None}" for k in keys]
+                g.recipe_label = ", ".join(parts)
     return sorted(groups.values(), key=Group.sort_key)
+
+
+def _teacher_labels(groups: list[Group]) -> dict[str | None, str]:
+    """Short names for the teachers of groups that differ by teacher: the teacher's checkpoint as
+    <run folder>/<file> (or its file name), with the start of its sha256 where those names coincide."""
+    first = {}
+    for g in groups:
+        first.setdefault(g.teacher_id, (g.runs[0].distill or {}))
+    names = {}
+    for tid, d in first.items():
+        p = Path(str(d.get("teacher_path") or ""))
+        names[tid] = (f"{p.parent.parent.name}/{p.name}" if p.parent.name == "checkpoints" else p.name) or "?"
+    if len(set(names.values())) < len(names):
+        names = {tid: f"{name} (sha256 {first[tid]['teacher_sha256'][:12]})" if first[tid].get("teacher_sha256")
+                 else str(first[tid].get("teacher_path")) for tid, name in names.items()}
+    return names
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:

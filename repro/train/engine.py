@@ -139,7 +139,7 @@ class Trainer:
         time_budget: this session's wall-clock budget (seconds or "11h30m"); stop leaves room for the save.
         checkpoint_every: save every N optimizer steps (default: at epoch ends, at most every 10 minutes).
         device: cpu, cuda or cuda:N (default: cuda when available).
-        resume_from: extra read-only run folders to look for checkpoints in.
+        resume_from: extra read-only run folders to look for checkpoints in (each must exist).
         force: resume even when the config differs from the checkpoint's.
         progress: show a tqdm bar.
     """
@@ -148,6 +148,7 @@ class Trainer:
                  time_budget: str | float | None = None, checkpoint_every: int | None = None,
                  device: str | None = None, resume_from: Iterable[str | Path] = (), force: bool = False,
                  progress: bool = True):
+        cfg.validate()
         self.cfg = cfg
         self.out = Path(out_dir)
         self.max_steps = max_steps
@@ -160,6 +161,12 @@ class Trainer:
             raise ReproError(f"--max-steps must be 0 or more, found {max_steps}")
         if checkpoint_every is not None and checkpoint_every <= 0:
             raise ReproError(f"--checkpoint-every must be a positive number of steps, found {checkpoint_every}")
+        for folder in self.resume_from:
+            if not folder.is_dir():
+                found = "a file" if folder.exists() else "nothing"
+                raise ReproError(f"--resume-from {folder}: expected a run folder (or its checkpoints/ folder), found "
+                                 f"{found} there; fix the path or leave the option out")
+        self._forced_diffs: set[str] = set()
         self.device = resolve_device(device)
         self.dist = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
@@ -182,10 +189,11 @@ class Trainer:
             raise ReproError(f"the training set has {len(self.data.train)} images, fewer than one optimizer step "
                              f"needs ({tc.batch_size} x {world} processes x {tc.accum_steps} accumulation); "
                              "lower train.batch_size or train.accum_steps")
-        if tc.epochs <= 0:
-            raise ReproError(f"train.epochs must be at least 1, found {tc.epochs}")
         self.steps_total = tc.epochs * self.steps_per_epoch
         self.lr = tc.lr if tc.lr is not None else tc.base_lr * per_step / tc.base_batch
+        if tc.min_lr > self.lr:
+            log.warning("train.min_lr %.2e is above the peak learning rate %.2e, so the cosine schedule rises "
+                        "instead of decaying; lower train.min_lr (e.g. %.0e)", tc.min_lr, self.lr, self.lr / 1000)
 
         # The teacher comes first: a wrong teacher must fail before anything is written.
         self.teacher = None
@@ -387,8 +395,10 @@ class Trainer:
             raise ReproError(
                 f"{where} holds a run with a different setup, so resuming would mix two experiments:\n  "
                 + "\n  ".join(diffs) + "\nUse another --out folder, or --force to resume anyway.")
-        if diffs:
-            log.warning("resuming despite config differences (--force): %s", "; ".join(diffs))
+        new = [d for d in diffs if d not in self._forced_diffs]
+        if new:  # config.yaml and the checkpoint usually show the same differences: say them once
+            log.warning("resuming despite config differences (--force): %s", "; ".join(new))
+            self._forced_diffs.update(new)
 
     def _resume(self) -> Path | None:
         saved_cfg = self.out / "config.yaml"
@@ -647,10 +657,17 @@ class Trainer:
         self._save_final(status, stop_reason)
         summary = self.summary(status, stop_reason)
         if status == "stopped":
-            log.info("stopped (%s) at step %d/%d; run the same command again to continue", stop_reason,
-                     self.step, self.steps_total)
+            log.info("stopped (%s) at step %d/%d; %s", stop_reason, self.step, self.steps_total,
+                     self._continue_hint(stop_reason))
         cleanup(self.dist)
         return summary
+
+    def _continue_hint(self, stop_reason: str | None) -> str:
+        """How to continue after a stop: the step limit would stop the same command again at once."""
+        if stop_reason == "max_steps":
+            return (f"to continue, run again without --max-steps (max_steps in Python) or with a value above "
+                    f"{self.step}")
+        return "run the same command again to continue"
 
     def _checkpoint_due(self, epoch_end: bool) -> bool:
         if self.checkpoint_every is not None:

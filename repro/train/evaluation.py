@@ -7,6 +7,7 @@ from typing import Iterable
 
 from ..config import RunConfig, parse_override, set_value
 from ..device import resolve_device, resolve_precision
+from ..distill.teacher import misfit_text, pick_weights, weights_misfit
 from ..errors import ReproError
 from .checkpoint import list_checkpoints, load_checkpoint
 from .distributed import DistInfo
@@ -62,6 +63,7 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
         set_value(cfg, *parse_override(text))
     if split not in ("val", "test", "robustness"):
         raise ReproError(f"split expects val, test or robustness, found '{split}'")
+    weights = {k.removeprefix("module."): v for k, v in _weights_to_evaluate(state, saved, path, use_ema).items()}
     if split == "robustness":  # ImageNet-A/-R/-Sketch folders scored on the 1000-class head
         from ..data import build_robustness_sets
         from ..data.folders import IMAGENET_NUM_CLASSES
@@ -78,20 +80,17 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
     else:
         data = build_data(cfg.data)
         num_classes = data.num_classes
-    key = "model_ema" if use_ema else "model"
-    weights = state.get(key) if isinstance(state, dict) else None
-    if weights is None:
-        weights = state.get("state_dict", state) if isinstance(state, dict) else None
-    if not isinstance(weights, dict):
-        raise ReproError(f"{path} holds no {'EMA ' if use_ema else ''}model weights")
-    weights = {k.removeprefix("module."): v for k, v in weights.items()}
     kwargs = dict(cfg.model.kwargs)
-    model = create_model(cfg.model.name, num_classes=num_classes, img_size=cfg.data.img_size, **kwargs)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ReproError(f"the weights in {path} do not fit {cfg.model.name} with {num_classes} classes: "
-                         f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}; pass the right --model "
-                         "and dataset")
+    try:
+        model = create_model(cfg.model.name, num_classes=num_classes, img_size=cfg.data.img_size, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        # model.kwargs recorded for another architecture (--model changed) do not build this one.
+        raise ReproError(_misfit_message(path, saved, cfg, num_classes, f"{type(exc).__name__}: {exc}")) from None
+    misfit = weights_misfit(model, weights, num_classes)
+    if misfit is not None:
+        raise ReproError(_misfit_message(path, saved, cfg, num_classes, misfit_text(misfit),
+                                         file_classes=misfit["file_classes"]))
+    model.load_state_dict(weights, strict=True)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model.to(dev).eval()
@@ -113,6 +112,39 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
     res.update(split=split if not (split == "val" and data.eval_split == "test") else "test",
                dataset=cfg.data.name, **common)
     return res
+
+
+def _weights_to_evaluate(state, saved: dict | None, path: Path, use_ema: bool) -> dict:
+    """The raw or EMA state dict of a checkpoint; a run trained without EMA says so."""
+    if use_ema and saved and isinstance(state, dict) and state.get("model_ema") is None \
+            and not (saved.get("train") or {}).get("ema_decay"):
+        raise ReproError(f"{path} has no EMA weights: the run was trained with train.ema_decay=0; evaluate "
+                         "without --ema")
+    weights, _ = pick_weights(state, path, use_ema, without_ema="evaluate without --ema")
+    return weights
+
+
+def _misfit_message(path: Path, saved: dict | None, cfg: RunConfig, num_classes: int, details: str,
+                    file_classes: int | None = None) -> str:
+    """Why the weights do not fit the model asked for, and what to pass instead (from the run's record)."""
+    recorded = (saved or {}).get("model") or {}
+    name, classes = recorded.get("name"), recorded.get("num_classes") or file_classes
+    dataset = ((saved or {}).get("data") or {}).get("name")
+    asked = f"{cfg.model.name} with {num_classes} classes ({cfg.data.name})"
+    fixes = []
+    if name and name != cfg.model.name:
+        fixes.append(f"pass --model {name} (or leave --model out)")
+    if classes and int(classes) != num_classes:
+        fixes.append(f"evaluate on a dataset with {classes} classes"
+                     + (f" (--set data.name={dataset}, the one it was trained on)" if dataset else ""))
+    if name:
+        trained = name + (f" with {classes} classes" if classes else "") + (f" ({dataset})" if dataset else "")
+        if fixes:
+            return f"{path} was trained as {trained}, but {asked} was asked; {' and '.join(fixes)}"
+        return (f"the weights in {path} do not fit {asked} although the checkpoint records that model ({details}); "
+                "check the --set model.* overrides against the checkpoint's config")
+    return (f"the weights in {path} do not fit {asked} ({details}); pass the --model the file was trained as "
+            "(see `repro models`)" + (f" and a dataset with {file_classes} classes" if fixes else ""))
 
 
 def _val_only_imagenet(cfg: RunConfig, split: str) -> bool:
