@@ -45,7 +45,8 @@ def _cmd_eval(args) -> int:
     from .train import evaluate
 
     res = evaluate(args.checkpoint, model_name=args.model, data_overrides=args.set or (), device=args.device,
-                   split=args.split, use_ema=args.ema, batch_size=args.batch_size, deploy=args.deploy)
+                   split=args.split, use_ema={"final": None, "raw": False, "ema": True}[args.weights],
+                   batch_size=args.batch_size, deploy=args.deploy)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -101,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="data overrides, e.g. data.root=/data")
     p.add_argument("--split", default="test", choices=("val", "test", "robustness"),
                    help="robustness: every ImageNet-A/-R/-Sketch folder under data.robustness_root")
-    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    p.add_argument("--weights", choices=("final", "raw", "ema"), default="final",
+                   help="final (default): what the run's summary.json reports as its final model (EMA or raw); "
+                        "raw or ema to choose")
+    p.add_argument("--ema", action="store_const", const="ema", dest="weights", help="same as --weights ema")
     p.add_argument("--deploy", action="store_true", help="evaluate the re-parameterized (deploy) form")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device")
@@ -130,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `repro` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if _rank() != 0 and not args.verbose:
+        level = logging.WARNING  # under torchrun, rank 0 tells the story; the others speak up only for problems
+    logging.basicConfig(level=level, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -58,6 +58,33 @@ def test_straight_run_writes_everything(straight):
     assert len(s["state_digest"]) == 64
 
 
+def test_complete_run_returns_before_loading_anything(straight, monkeypatch):
+    """Running a finished run's command again (e.g. one Kaggle session too many) loads no data and builds no
+    model; a changed config still goes the full way (and is refused there)."""
+    import repro.data
+
+    out, s = straight
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded for a complete run")
+    monkeypatch.setattr(repro.data, "build_data", no_data)
+    assert train(cfg_for(*TEACHER), out, progress=False) == json.loads((out / "summary.json").read_text())
+    with pytest.raises(AssertionError, match="data loaded"):
+        train(cfg_for(*TEACHER, "train.lr=1e-3"), out, progress=False)
+
+
+def test_eval_of_a_run_folder_scores_its_final_model(straight):
+    """`repro eval RUN` (weights 'final') reproduces the test top-1 the run reported, EMA or raw alike."""
+    from repro.train import evaluate
+
+    out, s = straight
+    res = evaluate(out, split="test")
+    assert res["weights"] == s["final_is"] and res["split"] == "test"
+    assert res["top1"] == pytest.approx(s["test_top1"], abs=1e-9)
+    other = evaluate(out, split="test", use_ema=s["final_is"] == "raw")
+    assert other["weights"] != res["weights"]
+
+
 @pytest.mark.parametrize("stop_at", [1, 5, 7])
 def test_resume_equals_straight(straight, tmp_path, stop_at):
     """Stopping after any step (an epoch end, mid-epoch, right after a sparse update) changes nothing."""
@@ -247,9 +274,13 @@ def test_two_gloo_processes_train_and_resume(tmp_path):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=280)
         assert res.returncode == 0, res.stderr[-3000:]
+        logs.append(res.stderr)
         return json.loads((out / "summary.json").read_text())
 
+    logs = []
     a = run(tmp_path / "a", "--max-steps", "12")
+    # Only rank 0 logs at INFO level: the run is announced once, not once per process.
+    assert sum(line.startswith("training slak_micro") for line in logs[0].splitlines()) == 1, logs[0][-2000:]
     b = run(tmp_path / "b", "--max-steps", "5")
     assert b["status"] == "stopped" and b["env"]["world_size"] == 2
     b = run(tmp_path / "b", "--max-steps", "12")
@@ -295,8 +326,9 @@ def test_eval_robustness_folders_on_the_1000_class_head(tmp_path):
     assert r["top1"] == pytest.approx(100 * hits / 6)
 
 
-def test_eval_released_checkpoint_on_imagenet_val_alone(tmp_path):
-    """A released 1000-class checkpoint scores on an ImageNet val/ folder without a train/ folder."""
+def test_eval_released_checkpoint_on_imagenet_val_alone(tmp_path, caplog):
+    """A released 1000-class checkpoint scores on an ImageNet val/ folder without a train/ folder; a val/ with
+    only some of the classes is scored on their columns, with a warning that the number is not comparable."""
     from repro.data.folders import imagenet_wnids
     from repro.data.synthetic import write_fake_imagefolder
     from repro.models import create_model
@@ -307,11 +339,13 @@ def test_eval_released_checkpoint_on_imagenet_val_alone(tmp_path):
     torch.manual_seed(0)
     torch.save({"model": create_model("l2s_convnext_micro", num_classes=1000, img_size=32).state_dict()},
                tmp_path / "released.pth")
-    res = evaluate(tmp_path / "released.pth", model_name="l2s_convnext_micro",
-                   data_overrides=["data.name=imagenet", f"data.root={tmp_path / 'imagenet'}", "data.img_size=32",
-                                   "data.num_workers=0"])
+    with caplog.at_level("WARNING", logger="repro.train"):
+        res = evaluate(tmp_path / "released.pth", model_name="l2s_convnext_micro",
+                       data_overrides=["data.name=imagenet", f"data.root={tmp_path / 'imagenet'}",
+                                       "data.img_size=32", "data.num_workers=0"])
     assert res["split"] == "test" and res["dataset"] == "imagenet" and res["n"] == 4
     assert res["top1"] is not None and 0 <= res["top1"] <= 100
+    assert "holds 2 of the 1000 ImageNet classes" in caplog.text and "not comparable" in caplog.text
 
 
 def test_fused_optimizer_by_default_and_close_to_the_loop(tmp_path):

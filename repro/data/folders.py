@@ -124,17 +124,19 @@ def imagenet_wnids(train_dir: str | Path | None = None) -> list[str]:
     return sorted(ImageNetInfo("imagenet-1k").label_names())
 
 
-def load_robustness_folder(path: str | Path, *, wnids: Sequence[str], transform: Callable | None = None):
-    """An ImageFolder of wnid class folders with `class_index_map` into the head defined by `wnids`."""
+def load_robustness_folder(path: str | Path, *, wnids: Sequence[str], transform: Callable | None = None,
+                           label: str = "robustness set"):
+    """An ImageFolder of wnid class folders with `class_index_map` into the head defined by `wnids`; `label`
+    names the folder in errors."""
     path = Path(path)
     classes = class_folders(path)
     position = {w: i for i, w in enumerate(wnids)}
     unknown = [c for c in classes if c not in position]
     if unknown:
-        raise ReproError(f"robustness set {path}: class folders {', '.join(unknown[:5])}"
+        raise ReproError(f"{label} {path}: class folders {', '.join(unknown[:5])}"
                          f"{' ...' if len(unknown) > 5 else ''} are not among the model's {len(wnids)} classes; "
                          "the folders must be ImageNet wnids (n01440764, ...)")
-    ds = _image_folder(path, f"robustness set {path.name}")
+    ds = _image_folder(path, f"{label} {path.name}")
     ds.transform = transform
     ds.class_index_map = [position[c] for c in ds.classes]
     ds.name = path.name

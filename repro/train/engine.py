@@ -733,6 +733,25 @@ def train(cfg: RunConfig, out_dir: str | Path, *, max_steps: int | None = None,
           time_budget: str | float | None = None, checkpoint_every: int | None = None, device: str | None = None,
           resume_from: Iterable[str | Path] = (), force: bool = False, progress: bool = True) -> dict:
     """Train (or resume) the run in `out_dir`; returns its summary. See `Trainer` for the arguments."""
+    done = _complete_summary(cfg, Path(out_dir))
+    if done is not None:  # before any data loading or model building: a finished run costs nothing
+        log.info("%s is already complete (%s steps); nothing to do", out_dir, done.get("steps_done"))
+        return done
     return Trainer(cfg, out_dir, max_steps=max_steps, time_budget=time_budget,
                    checkpoint_every=checkpoint_every, device=device, resume_from=resume_from, force=force,
                    progress=progress).run()
+
+
+def _complete_summary(cfg: RunConfig, out: Path) -> dict | None:
+    """The summary of `out` when it holds a complete run of this very config, else None."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not (isinstance(summary, dict) and summary.get("status") == "complete" and isinstance(saved, dict)):
+        return None
+    mine = RunConfig.from_dict(cfg.to_dict())
+    if mine.model.num_classes is None:  # filled in from the data when the run was built
+        mine.model.num_classes = (saved.get("model") or {}).get("num_classes")
+    return summary if not config_differences(saved, mine) else None

@@ -38,9 +38,12 @@ def _read_weights(path: Path) -> tuple[dict, dict | None]:
 
 def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None,
              data_overrides: Iterable[str] = (), device: str | None = None, split: str = "test",
-             use_ema: bool = False, batch_size: int | None = None, precision: str = "auto",
+             use_ema: bool | None = None, batch_size: int | None = None, precision: str = "auto",
              deploy: bool = False) -> dict:
     """Evaluate weights on a dataset split; returns {'top1', 'top5', 'loss', 'n', 'split', 'model', ...}.
+
+    use_ema: True for the EMA weights, False for the raw ones, None (default) for the run's final model: for a
+    run folder, the weights its summary.json reports as final (`final_is`), else the raw weights.
 
     The model and data come from the checkpoint's recorded config; a released checkpoint {'model': ...}
     needs `model_name` and `data_overrides` such as ["data.name=imagenet", "data.root=/data/imagenet",
@@ -52,6 +55,8 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
 
     path = Path(checkpoint_or_run_dir)
     state, saved = _read_weights(path)
+    if use_ema is None:
+        use_ema = path.is_dir() and _final_is_ema(path)
     cfg = RunConfig.from_dict(saved) if saved else RunConfig()
     if model_name:
         cfg.model.name = model_name
@@ -75,8 +80,13 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
         from ..data.transforms import dataset_mean_std, eval_transform
         mean, std = dataset_mean_std("imagenet")
         val_only = load_robustness_folder(Path(cfg.data.root) / "val", wnids=imagenet_wnids(),
-                                          transform=eval_transform(cfg.data.img_size, mean=mean, std=std))
+                                          transform=eval_transform(cfg.data.img_size, mean=mean, std=std),
+                                          label="ImageNet val folder")
         num_classes = IMAGENET_NUM_CLASSES
+        if len(val_only.classes) < IMAGENET_NUM_CLASSES:
+            log.warning("%s holds %d of the %d ImageNet classes: top-1 is taken over those classes' head "
+                           "columns only and is not comparable with a full ImageNet-val number.",
+                           Path(cfg.data.root) / "val", len(val_only.classes), IMAGENET_NUM_CLASSES)
     else:
         data = build_data(cfg.data)
         num_classes = data.num_classes
@@ -145,6 +155,17 @@ def _misfit_message(path: Path, saved: dict | None, cfg: RunConfig, num_classes:
                 "check the --set model.* overrides against the checkpoint's config")
     return (f"the weights in {path} do not fit {asked} ({details}); pass the --model the file was trained as "
             "(see `repro models`)" + (f" and a dataset with {file_classes} classes" if fixes else ""))
+
+
+def _final_is_ema(run_dir: Path) -> bool:
+    """Whether a run folder's summary.json reports its EMA weights as the final model."""
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get("final_is") == "ema"
 
 
 def _val_only_imagenet(cfg: RunConfig, split: str) -> bool:
