@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ReproError
 from .plan import PlanRun, load_plan
@@ -162,6 +162,29 @@ def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
     return declared
 
 
+def check_run_config(parameters: dict[str, Any], declared: dict, plan_dir: Path,
+                     deferred: Callable[[Any], bool] = lambda value: False) -> None:
+    """Resolve a training run's config (preset or local config file, then overrides) as the notebook will, so a
+    misspelt preset, an unknown key or an out-of-range value fails before the run starts. Values for which
+    `deferred` is true (resolved only where the run executes, e.g. Kaggle input references) are not checked."""
+    if not {"preset", "overrides"} <= set(declared):
+        return  # not a training notebook
+    from .config import load_config
+
+    overrides = parameters.get("overrides") or []
+    if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
+        raise ReproError(f"overrides should be a list of 'key=value' strings, found {overrides!r}; fix the plan")
+    config_file = parameters.get("config_file")
+    if config_file is not None:
+        path = Path(config_file) if Path(config_file).is_absolute() else plan_dir / config_file
+        if deferred(config_file) or not path.is_file():
+            return  # read where the run executes; checked there
+        config_file, preset = path, None
+    else:
+        preset = parameters.get("preset", declared["preset"].get("default", "").strip("'\""))
+    load_config(preset, config_file, [o for o in overrides if not deferred(o)])
+
+
 def _local_kernel_transport() -> dict[str, Any]:
     """On POSIX, talk to the local kernel over unix sockets: no TCP port opens, and ipykernel's warning about
     unencrypted TCP stays out of the user's terminal. The sockets live in a private temporary folder (jupyter's
@@ -265,7 +288,7 @@ def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir
             continue
         try:
             notebook = find_notebook(run.notebook, base_dir)
-            check_parameters(notebook, parameters)
+            check_run_config(parameters, check_parameters(notebook, parameters), base_dir)
         except ReproError as exc:
             record.update(status="failed", error=str(exc))
             done[run.name] = "failed"

@@ -401,6 +401,9 @@ def set_value(cfg: RunConfig, key: str, value: Any) -> None:
             cfg.model.kwargs[key[len("model.kwargs."):]] = value
         return
     if key not in _HINTS:
+        if any(k.startswith(key + ".") for k in _HINTS):
+            raise ReproError(f"config section '{key}' expects a mapping of its keys (e.g. {key}: {{...}} in YAML, "
+                             f"or --set {key}.KEY=VALUE), found {value!r}")
         close = difflib.get_close_matches(key, list(_HINTS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `repro presets --keys` for the list"
         raise ReproError(f"unknown config key '{key}'{hint}")

@@ -206,3 +206,18 @@ def test_kernel_sockets_live_in_a_private_temporary_folder(tmp_path, monkeypatch
     assert folder.is_dir() and folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("repro-kernel-")
     asyncio.run(km.cleanup_resources())
     assert not folder.exists() and not list(tmp_path.iterdir())
+
+
+def test_training_runs_with_a_bad_config_fail_before_executing(tmp_path):
+    """A misspelt preset or key, or overrides that are not strings, fail that run at once with the reason."""
+    (tmp_path / "plan.yaml").write_text(
+        "runs:\n"
+        "  - {name: typo, notebook: train.ipynb, parameters: {preset: quickstart-teachr}}\n"
+        "  - {name: key, notebook: train.ipynb, parameters: {overrides: ['train.epoch=3']}}\n"
+        "  - {name: types, notebook: train.ipynb, parameters: {overrides: [1]}}\n")
+    records = batch.run_plan(tmp_path / "plan.yaml", tmp_path / "runs", progress=False)
+    assert [r["status"] for r in records] == ["failed"] * 3
+    assert "unknown preset 'quickstart-teachr'" in records[0]["error"]
+    assert "unknown config key 'train.epoch'" in records[1]["error"]
+    assert "overrides should be a list of 'key=value' strings" in records[2]["error"]
+    assert not any((tmp_path / "runs" / r["name"] / "executed.ipynb").exists() for r in records)

@@ -500,3 +500,12 @@ def test_unfinished_teacher_run_is_refused_before_writing(tmp_path):
     summary = train(cfg_for(*over, f"distill.teacher={newest}", preset="quickstart-distill"), out, max_steps=1,
                     progress=False)
     assert summary["distill"]["teacher_path"] == str(newest.resolve())
+
+
+def test_a_section_given_as_a_value_says_it_needs_a_mapping(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: _recipe-cifar\ntrain: [1, 2]\n")
+    with pytest.raises(ReproError, match=r"config section 'train' expects a mapping of its keys"):
+        load_config(config_file=bad)
+    with pytest.raises(ReproError, match=r"config section 'sparse' expects a mapping.*--set sparse.KEY=VALUE"):
+        cfg_for("sparse=0.4")

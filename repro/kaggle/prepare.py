@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..batch import check_parameters, find_notebook
+from ..batch import check_parameters, check_run_config, find_notebook
 from ..errors import ReproError
 from ..plan import Plan, PlanRun, load_plan
 from .metadata import (GPU_SHAPES, KERNEL_METADATA_FILE, RETIRED_SHAPES, TPU_SHAPES, slugify,
@@ -235,31 +235,6 @@ def _kaggle_parameters(run: PlanRun, settings: KaggleSettings) -> dict[str, Any]
     return params
 
 
-def _check_run_config(run: PlanRun, parameters: dict[str, Any], declared: dict, plan_dir: Path) -> None:
-    """Resolve a training run's config (preset or local config file, then overrides) as the kernel will, so a
-    misspelt preset, an unknown key or an out-of-range value fails here and not hours into a Kaggle session."""
-    if not {"preset", "overrides"} <= set(declared):
-        return  # not a training notebook
-    from ..config import load_config
-
-    overrides = parameters.get("overrides") or []
-    config_file = parameters.get("config_file")
-    if config_file is not None:
-        path = Path(config_file) if Path(config_file).is_absolute() else plan_dir / config_file
-        if _has_input_ref(config_file) or not path.is_file():
-            return  # read from an attached dataset on Kaggle; checked there
-        config_file, preset = path, None
-    else:
-        preset = parameters.get("preset", declared["preset"].get("default", "").strip("'\""))
-    if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
-        raise ReproError(f"run '{run.name}': overrides should be a list of 'key=value' strings, found "
-                         f"{overrides!r}; fix the plan")
-    try:
-        load_config(preset, config_file, [o for o in overrides if not _has_input_ref(o)])
-    except ReproError as exc:
-        raise ReproError(f"run '{run.name}' would fail on Kaggle: {exc}") from None
-
-
 def _has_input_ref(value: Any) -> bool:
     from .inputs import INPUT_REF
     if isinstance(value, (list, tuple)):
@@ -333,7 +308,11 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
         settings.owner = base.owner
         source = find_notebook(run.notebook, Path(plan.path).parent)
         declared = check_parameters(source, _kaggle_parameters(run, settings))
-        _check_run_config(run, _kaggle_parameters(run, settings), declared, Path(plan.path).parent)
+        try:
+            check_run_config(_kaggle_parameters(run, settings), declared, Path(plan.path).parent,
+                             deferred=_has_input_ref)
+        except ReproError as exc:
+            raise ReproError(f"run '{run.name}' would fail on Kaggle: {exc}") from None
         for session in range(1, settings.sessions + 1):
             meta = kernel_metadata(settings, run.name, session, source.name)
             problems = validate_kernel_metadata(meta)
