@@ -617,3 +617,14 @@ def test_prepared_notebooks_run_a_chain_in_a_simulated_kaggle(tmp_path, monkeypa
     log = "".join(o.get("text", "") for c in nbformat.read(str(tmp_path / "s2.ipynb"), 4).cells
                   for o in c.get("outputs", []))
     assert "session 2: resuming chain from" in log and "precision  fp32" in log
+
+
+@pytest.mark.parametrize("train_args,expected", [
+    (["--preset", "nope", "--out", "x"], "unknown preset 'nope'"),
+    (["--preset", "quickstart-teacher", "--out", "x", "--set", "train.epoch=2"], "unknown config key 'train.epoch'"),
+    (["--preset", "quickstart-teacher"], "not valid for `repro train`"),
+    (["--out", "x"], "need --preset NAME or --config FILE"),
+])
+def test_preflight_checks_the_train_arguments_before_the_gpu(train_args, expected, capsys):
+    assert main(["kaggle", "preflight", "--", *train_args]) == 2
+    assert expected in capsys.readouterr().err

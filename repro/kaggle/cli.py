@@ -62,9 +62,33 @@ def _output(args) -> int:
 def _preflight(args) -> int:
     from .preflight import format_preflight, preflight
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    if train_args:
+        _check_train_args(train_args)
     result = preflight(train_args)
     print(json.dumps(result, indent=2) if args.json else format_preflight(result))
     return 0
+
+
+def _check_train_args(train_args: list[str]) -> None:
+    """Parse `repro train` arguments and resolve their config, as the launched command will."""
+    import contextlib
+    import io
+
+    from ..cli import build_parser
+    from ..config import load_config
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parsed = build_parser().parse_args(["train", *train_args])
+    except SystemExit:
+        detail = err.getvalue().strip().splitlines()[-1:] or ["invalid arguments"]
+        raise ReproError(f"the arguments after -- are not valid for `repro train` ({detail[0]}); see "
+                         "`repro train --help`") from None
+    if not parsed.preset and not parsed.config:
+        raise ReproError("the arguments after -- need --preset NAME or --config FILE for `repro train`")
+    overrides = list(parsed.set or []) + ([f"seed={parsed.seed}"] if parsed.seed is not None else [])
+    load_config(parsed.preset, parsed.config, overrides)
 
 
 def _plan_sessions(args) -> int:
