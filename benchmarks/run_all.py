@@ -510,6 +510,8 @@ def main(argv=None) -> int:
     parser.add_argument('--no-memory', action='store_true', help='skip the CPU memory probes (child processes)')
     parser.add_argument('--include-suite', action='store_true',
                         help='also time `python -m repro quickstart` and `pytest -m "not slow" tests` (minutes)')
+    parser.add_argument('--suite-only', action='store_true',
+                        help='only time the quickstart and the test suite (rewrites that README section alone)')
     parser.add_argument('--no-readme', action='store_true', help='print only; leave benchmarks/README.md alone')
     parser.add_argument('--json', default=None, help='also write the raw numbers to this JSON file')
     parser.add_argument('--_memory-probe', nargs=3, default=None, help=argparse.SUPPRESS)
@@ -530,6 +532,19 @@ def main(argv=None) -> int:
         parser.error('--precision fp16 needs a CUDA device; use fp32 or bf16 on CPU.')
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
+    if args.suite_only:
+        suite, record = [], {}
+        print('-- quickstart and test suite', flush=True)
+        bench_suite(suite, record)
+        when = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+        command = 'python benchmarks/run_all.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+        if not args.no_readme:
+            write_readme('suite', '\n'.join(['### Quickstart and test suite', '',
+                                             f'Written by `{command.strip()}` on {when}; {machine_line(device)}.',
+                                             '', *suite]))
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=2, default=str))
+        return 0
     quick = args.quick
     batch = {32: args.batch_32 or (16 if quick else 64),
              224: args.batch_224 or (2 if quick else (64 if device.type == 'cuda' else 4))}
