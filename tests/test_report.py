@@ -239,7 +239,7 @@ def test_unknown_published_values_show_as_missing(tmp_path):
     pvr = pd.read_csv(out["paper_vs_reproduction_csv"])
     row = pvr[pvr["model_name"] == "resnet50"].iloc[0]
     assert row["source"] == "Table 1 (teacher comparison)" and pd.isna(row["published_top1"])
-    line = [l for l in out["paper_vs_reproduction_md"].read_text().splitlines() if l.startswith("| ResNet-50")][0]
+    line = [ln for ln in out["paper_vs_reproduction_md"].read_text().splitlines() if ln.startswith("| ResNet-50")][0]
     assert "| — | Huang et al. ICML 2023: Table 1 (teacher comparison) |" in line
     # Published ImageNet numbers that no run reproduces yet are listed as "not run".
     not_run = pvr[pvr["status"] == "not run"]
