@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -162,6 +163,30 @@ def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
     return declared
 
 
+def run_parameters(run: PlanRun, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """The run's parameters, without the plan's `defaults` that its notebook does not declare (a `device`
+    default meant for training notebooks must not break a report notebook of the same plan)."""
+    if not run.from_defaults:
+        return dict(run.parameters)
+    try:
+        declared = _declared_names(str(find_notebook(run.notebook, base_dir).resolve()))
+    except ReproError:
+        return dict(run.parameters)  # a missing notebook is reported where the run is executed
+    return {k: v for k, v in run.parameters.items() if k in declared or k not in run.from_defaults}
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_names(notebook: str) -> frozenset[str]:
+    import papermill
+    logger = logging.getLogger("papermill")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        return frozenset(papermill.inspect_notebook(notebook))
+    finally:
+        logger.setLevel(level)
+
+
 def check_run_config(parameters: dict[str, Any], declared: dict, plan_dir: Path,
                      deferred: Callable[[Any], bool] = lambda value: False) -> None:
     """Resolve a training run's config (preset or local config file, then overrides) as the notebook will, so a
@@ -262,7 +287,7 @@ def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir
     records = []
     done = {}
     for i, run in enumerate(runs, start=1):
-        parameters = dict(run.parameters)
+        parameters = run_parameters(run, base_dir)
         run_dir = Path(parameters.get("out_dir") or Path(out) / run.name)
         parameters["out_dir"] = str(run_dir)
         record: dict[str, Any] = {"name": run.name, "notebook": run.notebook, "run_dir": run_dir,

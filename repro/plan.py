@@ -2,7 +2,7 @@
 
 A plan is YAML:
 
-    defaults:            # merged into every run's parameters
+    defaults:            # merged into every run's parameters (where its notebook declares them)
       device: cuda
     runs:
       - name: slak-t-cifar100
@@ -41,6 +41,7 @@ class PlanRun:
     name: str
     notebook: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    from_defaults: frozenset[str] = frozenset()  # parameters set only by the plan's `defaults`
 
 
 @dataclass
@@ -78,7 +79,8 @@ def load_plan(path: str | Path) -> Plan:
     for i, entry in enumerate(data.get("runs") or []):
         entry = _check_entry(entry, f"{path}: runs[{i}]")
         params = {**defaults, **(entry.get("parameters") or {})}
-        runs.append(PlanRun(str(entry["name"]), str(entry["notebook"]), params))
+        runs.append(PlanRun(str(entry["name"]), str(entry["notebook"]), params,
+                            frozenset(defaults) - set(entry.get("parameters") or {})))
     for i, entry in enumerate(data.get("grid") or []):
         entry = _check_entry(entry, f"{path}: grid[{i}]")
         vary = entry.get("vary") or {}
@@ -93,7 +95,8 @@ def load_plan(path: str | Path) -> Plan:
                 raise ReproError(f"{path}: grid[{i}] name '{entry['name']}' uses {exc}, "
                                  f"which is not in vary ({', '.join(keys)})") from None
             params = {**defaults, **(entry.get("parameters") or {}), **values}
-            runs.append(PlanRun(name, str(entry["notebook"]), params))
+            runs.append(PlanRun(name, str(entry["notebook"]), params,
+                                frozenset(defaults) - set(entry.get("parameters") or {}) - set(values)))
     if not runs:
         raise ReproError(f"plan {path} lists no runs; add a 'runs' or 'grid' section")
     seen: set[str] = set()

@@ -221,3 +221,21 @@ def test_training_runs_with_a_bad_config_fail_before_executing(tmp_path):
     assert "unknown config key 'train.epoch'" in records[1]["error"]
     assert "overrides should be a list of 'key=value' strings" in records[2]["error"]
     assert not any((tmp_path / "runs" / r["name"] / "executed.ipynb").exists() for r in records)
+
+
+def test_plan_defaults_apply_where_the_notebook_declares_them(tmp_path):
+    """`defaults: {device: cuda}` reaches training notebooks but not a notebook without `device`; a run's own
+    undeclared parameter is still refused."""
+    from repro.plan import load_plan
+
+    _fake_notebook(tmp_path / "fake.ipynb")
+    (tmp_path / "plan.yaml").write_text(
+        "defaults: {mode: stop, device: cuda}\n"
+        "runs:\n"
+        "  - {name: a, notebook: fake.ipynb}\n"
+        "  - {name: b, notebook: fake.ipynb, parameters: {device: cpu}}\n")
+    a, b = load_plan(tmp_path / "plan.yaml").runs
+    assert batch.run_parameters(a, tmp_path) == {"mode": "stop"}
+    assert batch.run_parameters(b, tmp_path) == {"mode": "stop", "device": "cpu"}
+    with pytest.raises(ReproError, match="declares no parameter device"):
+        batch.check_parameters(tmp_path / "fake.ipynb", batch.run_parameters(b, tmp_path))

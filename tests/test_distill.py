@@ -559,6 +559,18 @@ def test_load_teacher_picks_ema_when_summary_says_better(tmp_path):
     assert _same_weights(raw, model)
 
 
+@pytest.mark.parametrize("final_is,ema_better", [("ema", False), ("raw", True)])
+def test_load_teacher_takes_the_runs_final_model(tmp_path, final_is, ema_better):
+    """The run's final model (`final_is`, decided at its last evaluation) wins over `ema_better` (its best
+    evaluation, possibly an early epoch): the teacher is the model the run reported."""
+    model, ema = _micro("l2s_convnext_micro", seed=0), _micro("l2s_convnext_micro", seed=1)
+    run = _save_finished_run(tmp_path, model, name="l2s_convnext_micro", ema=ema,
+                             summary={"final_is": final_is, "ema_better": ema_better})
+    teacher = load_teacher(run, num_classes=10, img_size=32, deploy=False)
+    assert _same_weights(teacher, ema if final_is == "ema" else model)
+    assert teacher.identity()["weights"] == ("model_ema" if final_is == "ema" else "model")
+
+
 def test_load_teacher_official_and_timm_files(tmp_path):
     import argparse
     model = _micro("l2s_convnext_micro")

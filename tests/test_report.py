@@ -296,6 +296,23 @@ def test_interrupted_run_is_flagged(tmp_path):
     assert runs_table(load_runs([tmp_path]))["status"].tolist() == ["stopped (interrupted) at epoch 2/4"]
 
 
+def test_run_stopped_before_any_evaluation_has_no_split_and_integer_epochs(tmp_path):
+    shutil.copytree(RUNS / "digits-student-nkd-stopped", tmp_path / "r")
+    shutil.copytree(RUNS / "digits-student-s0", tmp_path / "s")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    summary.update(top1=None, top5=None, best_top1=None, best_epoch=None, epochs_done=0, steps_done=3)
+    (tmp_path / "r" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    for basis in ("last", "best"):
+        table = runs_table(load_runs([tmp_path]), basis=basis).set_index("run")
+        assert table.loc["r", "split"] == "" and pd.isna(table.loc["r", "top1"])
+        assert table.loc["s", "split"] in ("val", "test")
+    csv = tmp_path / "runs.csv"
+    runs_table(load_runs([tmp_path])).to_csv(csv, index=False)
+    row = pd.read_csv(csv, dtype=str).set_index("run").loc["s"]
+    assert "." not in row["best_epoch"] and "." not in row["epochs_done"]  # 2, not 2.0
+
+
 RUNS_TEACHER = "runs/digits-slak-micro-teacher/checkpoints/ckpt-00000040.pt"
 
 

@@ -58,6 +58,44 @@ def test_straight_run_writes_everything(straight):
     assert len(s["state_digest"]) == 64
 
 
+def test_eval_default_weights_for_checkpoint_files_and_unfinished_runs(straight, tmp_path, caplog):
+    """The run's newest checkpoint file is its final model (EMA here, as summary.json says); an earlier one is
+    scored raw; a stopped run's weights come with a warning."""
+    from repro.train import evaluate
+
+    import shutil
+
+    out, s = straight
+    assert s["final_is"] == "ema"
+    run = tmp_path / "copy"
+    shutil.copytree(out, run)
+    newest = list_checkpoints(run / "checkpoints")[0]
+    older = newest.with_name("ckpt-00000001.pt")
+    shutil.copy(newest, older)
+    assert evaluate(newest, split="test")["weights"] == "ema"
+    assert evaluate(older, split="test")["weights"] == "raw"
+    stopped = train(cfg_for(*TEACHER), tmp_path / "stopped", max_steps=2, progress=False)
+    assert stopped["status"] == "stopped"
+    with caplog.at_level("WARNING", logger="repro.train"):
+        evaluate(tmp_path / "stopped", split="val")
+    assert "is 'stopped' after 2 of 10 steps: these are intermediate weights" in caplog.text
+
+
+def test_student_records_the_top1_of_the_teacher_weights_it_used(straight, tmp_path):
+    out, s = straight
+    student = train(cfg_for("train.epochs=1", "data.train_limit=128", "train.batch_size=32", "distill.method=kd",
+                            f"distill.teacher={out}", preset="quickstart-student"),
+                    tmp_path / "student", max_steps=1, progress=False)
+    assert student["distill"]["teacher_top1"] == s["test_top1_ema"]  # the teacher loaded its EMA weights
+    # The newest checkpoint file given directly loads the raw weights: their own number is recorded.
+    newest = list_checkpoints(out / "checkpoints")[0]
+    student = train(cfg_for("train.epochs=1", "data.train_limit=128", "train.batch_size=32", "distill.method=kd",
+                            f"distill.teacher={newest}", preset="quickstart-student"),
+                    tmp_path / "student-raw", max_steps=1, progress=False)
+    assert s["test_top1_raw"] != s["test_top1_ema"]
+    assert student["distill"]["teacher_top1"] == s["test_top1_raw"]
+
+
 def test_complete_run_returns_before_loading_anything(straight, monkeypatch):
     """Running a finished run's command again (e.g. one Kaggle session too many) loads no data and builds no
     model; a changed config still goes the full way (and is refused there)."""

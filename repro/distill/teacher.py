@@ -236,9 +236,15 @@ def _check_finished(run_dir: Path, newest: Path) -> None:
                      f"point distill.teacher at one of its checkpoint files (the newest is {newest}).")
 
 
-def _ema_was_better(run_dir: Path) -> bool:
-    """Whether the run's summary.json says its EMA weights evaluated better than the raw ones."""
+def final_is_ema(run_dir: Path) -> bool:
+    """Whether a run's final model (the weights its summary.json reports, `final_is`) is the EMA one.
+
+    The newest checkpoint holds both; which one is "the run's model" was decided at its last evaluation.
+    Summaries without `final_is` fall back to `ema_better` (the best evaluation), then to the released code's
+    best_acc1 / best_acc1_ema."""
     summary = _read_summary(run_dir) or {}
+    if summary.get("final_is") in ("ema", "raw"):
+        return summary["final_is"] == "ema"
     if "ema_better" in summary:
         return bool(summary["ema_better"])
     acc, acc_ema = summary.get("best_acc1"), summary.get("best_acc1_ema")
@@ -368,7 +374,7 @@ def load_teacher(source: str | Path, *, model_name: str | None = None, num_class
         if (run_dir / "config.yaml").is_file():
             config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
         if use_ema == "auto":
-            use_ema = _ema_was_better(run_dir)
+            use_ema = final_is_ema(run_dir)
     if use_ema == "auto":
         use_ema = False
     ckpt = _read_file(path)

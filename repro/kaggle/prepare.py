@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..batch import check_parameters, check_run_config, find_notebook
+from ..batch import check_parameters, check_run_config, find_notebook, run_parameters
 from ..errors import ReproError
 from ..plan import Plan, PlanRun, load_plan
 from .metadata import (GPU_SHAPES, KERNEL_METADATA_FILE, RETIRED_SHAPES, TPU_SHAPES, slugify,
@@ -228,8 +228,8 @@ def kernel_metadata(settings: KaggleSettings, run: str, session: int, code_file:
     return meta
 
 
-def _kaggle_parameters(run: PlanRun, settings: KaggleSettings) -> dict[str, Any]:
-    params = {**run.parameters, **settings.parameters}
+def _kaggle_parameters(run: PlanRun, settings: KaggleSettings, plan_dir: Path | None = None) -> dict[str, Any]:
+    params = {**run_parameters(run, plan_dir), **settings.parameters}
     params[OUT_DIR_PARAM] = f"{settings.working_dir.rstrip('/')}/{run.name}"
     params[TIME_BUDGET_PARAM] = settings.time_budget
     return params
@@ -306,11 +306,12 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
             continue
         settings = base.for_run(run.name)
         settings.owner = base.owner
-        source = find_notebook(run.notebook, Path(plan.path).parent)
-        declared = check_parameters(source, _kaggle_parameters(run, settings))
+        plan_dir = Path(plan.path).parent
+        source = find_notebook(run.notebook, plan_dir)
+        parameters = _kaggle_parameters(run, settings, plan_dir)
+        declared = check_parameters(source, parameters)
         try:
-            check_run_config(_kaggle_parameters(run, settings), declared, Path(plan.path).parent,
-                             deferred=_has_input_ref)
+            check_run_config(parameters, declared, plan_dir, deferred=_has_input_ref)
         except ReproError as exc:
             raise ReproError(f"run '{run.name}' would fail on Kaggle: {exc}") from None
         for session in range(1, settings.sessions + 1):
@@ -329,7 +330,7 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
     for run, settings, source, session, meta in jobs:
         folder = out / run.name / f"s{session}"
         folder.mkdir(parents=True, exist_ok=True)
-        bake_notebook(source, folder / source.name, _kaggle_parameters(run, settings),
+        bake_notebook(source, folder / source.name, _kaggle_parameters(run, settings, Path(plan.path).parent),
                       code_dataset_slug=settings.code_dataset.split("/")[-1], run=run.name, session=session,
                       sessions=settings.sessions, previous=meta["kernel_sources"][-1] if session > 1 else None)
         write_metadata(folder, meta, "kernel")

@@ -45,7 +45,9 @@ def score(run: Run, basis: str = "last") -> dict[str, Any]:
             label = "last epoch (EMA)" if s.get("final_is") == "ema" else "last epoch"
             return {"top1": _num(s["test_top1"]), "top5": _num(s.get("test_top5")), "split": "test",
                     "epoch": s.get("epochs_done"), "basis": label}
-        return {"top1": _num(s.get("top1")), "top5": _num(s.get("top5")), "split": s.get("eval_split") or "",
+        # No evaluation yet (a run stopped inside its first epoch): no split to name either.
+        split = (s.get("eval_split") or "") if s.get("top1") is not None else ""
+        return {"top1": _num(s.get("top1")), "top5": _num(s.get("top5")), "split": split,
                 "epoch": s.get("epochs_done"), "basis": "last epoch"}
     if basis == "best":
         ema = s.get("best_is") == "ema"
@@ -53,7 +55,8 @@ def score(run: Run, basis: str = "last") -> dict[str, Any]:
         for row in run.metrics:
             if row.get("epoch") == s.get("best_epoch"):
                 top5 = row.get("top5_ema" if ema else "top5")
-        return {"top1": _num(s.get("best_top1")), "top5": _num(top5), "split": s.get("eval_split") or "",
+        split = (s.get("eval_split") or "") if s.get("best_top1") is not None else ""
+        return {"top1": _num(s.get("best_top1")), "top5": _num(top5), "split": split,
                 "epoch": s.get("best_epoch"), "basis": "best epoch (EMA)" if ema else "best epoch"}
     raise ReproError(f"unknown basis '{basis}'; expected one of {', '.join(BASES)}")
 
@@ -207,7 +210,10 @@ def runs_table(runs: list[Run], basis: str = "last") -> pd.DataFrame:
                 "hardware": hardware_label(s.get("env")),
                 "status": status_label(run),
             })
-    return pd.DataFrame(rows, columns=_RUN_COLUMNS)
+    table = pd.DataFrame(rows, columns=_RUN_COLUMNS)
+    for column in ("seed", "best_epoch", "epochs_done", "epochs_total", "img_size"):
+        table[column] = table[column].astype("Int64")  # integers even where some runs have none
+    return table
 
 
 _RUN_COLUMNS = ["run", "model", "model_name", "method", "teacher_name", "dataset", "img_size", "seed",

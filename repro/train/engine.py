@@ -499,12 +499,21 @@ class Trainer:
         }
 
     def _teacher_top1(self) -> float | None:
-        path = Path(self.teacher.identity().get("path") or "")
-        for cand in (path / "summary.json", path.parent / "summary.json", path.parent.parent / "summary.json"):
-            if cand.is_file():
-                s = json.loads(cand.read_text())
-                return s.get("test_top1") if s.get("test_top1") is not None else s.get("best_top1")
-        return None
+        """The teacher's top-1 as its run reported it, for the weights actually loaded (raw or EMA); None when
+        the teacher is not a run's last checkpoint (then no recorded number describes it)."""
+        ident = self.teacher.identity()
+        path = Path(ident.get("path") or "")
+        if path.parent.name != "checkpoints" or not (path.parent.parent / "summary.json").is_file():
+            return None
+        newest = list_checkpoints(path.parent)
+        if not newest or newest[0].resolve() != path.resolve():
+            return None
+        s = json.loads((path.parent.parent / "summary.json").read_text())
+        ema = str(ident.get("weights", "")).endswith("_ema")
+        exact = s.get("test_top1_ema" if ema else "test_top1_raw")
+        if exact is not None:
+            return exact
+        return s.get("test_top1") if s.get("final_is") == ("ema" if ema else "raw") else None
 
     def _params_nonzero(self) -> int:
         from ..models import count_params

@@ -7,7 +7,7 @@ from typing import Iterable
 
 from ..config import RunConfig, parse_override, set_value
 from ..device import resolve_device, resolve_precision
-from ..distill.teacher import misfit_text, pick_weights, weights_misfit
+from ..distill.teacher import final_is_ema, misfit_text, pick_weights, weights_misfit
 from ..errors import ReproError
 from .checkpoint import list_checkpoints, load_checkpoint
 from .distributed import DistInfo
@@ -43,7 +43,8 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
     """Evaluate weights on a dataset split; returns {'top1', 'top5', 'loss', 'n', 'split', 'model', ...}.
 
     use_ema: True for the EMA weights, False for the raw ones, None (default) for the run's final model: for a
-    run folder, the weights its summary.json reports as final (`final_is`), else the raw weights.
+    run folder or its newest checkpoint, the weights its summary.json reports as final (`final_is`); for any
+    other file, the raw weights. Weights of a run that is not complete are scored with a warning.
 
     The model and data come from the checkpoint's recorded config; a released checkpoint {'model': ...}
     needs `model_name` and `data_overrides` such as ["data.name=imagenet", "data.root=/data/imagenet",
@@ -55,8 +56,11 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
 
     path = Path(checkpoint_or_run_dir)
     state, saved = _read_weights(path)
-    if use_ema is None:
-        use_ema = path.is_dir() and _final_is_ema(path)
+    run_dir, last = _run_of(path)
+    if run_dir is not None:
+        _warn_if_unfinished(run_dir)
+    if use_ema is None:  # the run's final model; an earlier checkpoint (or a foreign file) is scored raw
+        use_ema = last and final_is_ema(run_dir)
     cfg = RunConfig.from_dict(saved) if saved else RunConfig()
     if model_name:
         cfg.model.name = model_name
@@ -157,15 +161,26 @@ def _misfit_message(path: Path, saved: dict | None, cfg: RunConfig, num_classes:
             "(see `repro models`)" + (f" and a dataset with {file_classes} classes" if fixes else ""))
 
 
-def _final_is_ema(run_dir: Path) -> bool:
-    """Whether a run folder's summary.json reports its EMA weights as the final model."""
+def _run_of(path: Path) -> tuple[Path | None, bool]:
+    """(the run folder of a run folder or of a checkpoint inside one, whether `path` is that run's last state)."""
+    if path.is_dir():
+        return (path, True) if (path / "summary.json").is_file() else (None, False)
+    if path.parent.name == "checkpoints" and (path.parent.parent / "summary.json").is_file():
+        newest = list_checkpoints(path.parent)
+        return path.parent.parent, bool(newest) and newest[0].resolve() == path.resolve()
+    return None, False
+
+
+def _warn_if_unfinished(run_dir: Path) -> None:
     import json
 
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and summary.get("final_is") == "ema"
+        return
+    if isinstance(summary, dict) and summary.get("status") not in (None, "complete"):
+        log.warning("%s is '%s' after %s of %s steps: these are intermediate weights, not the run's result.",
+                    run_dir, summary.get("status"), summary.get("steps_done"), summary.get("steps_total"))
 
 
 def _val_only_imagenet(cfg: RunConfig, split: str) -> bool:
