@@ -13,7 +13,7 @@ import time
 import torch
 
 from repro.models import count_flops, create_model, reparameterize
-from repro.models.slak import LargeKernelConv2d
+from repro.models.slak import LargeKernelConv2d, ReparamLargeKernelConv
 
 
 def set_cropping(model: torch.nn.Module, crop: bool) -> torch.nn.Module:
@@ -39,15 +39,20 @@ def timed(fn, steps: int, device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--model', default='slak_tiny')
-    parser.add_argument('--img', type=int, default=32)
-    parser.add_argument('--batch', type=int, default=16)
-    parser.add_argument('--steps', type=int, default=5)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--model', default='slak_tiny', help='a SLaK-skeleton model (slak_*, l2s_convnext_*)')
+    parser.add_argument('--img', type=int, default=32, help='input size in pixels (default 32)')
+    parser.add_argument('--batch', type=int, default=16, help='images per step (default 16)')
+    parser.add_argument('--steps', type=int, default=5, help='timed calls after one warm-up (default 5)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='cpu or cuda (default: cuda when available)')
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=100, img_size=args.img).to(device)
+    if not any(isinstance(m, ReparamLargeKernelConv) for m in model.modules()):
+        parser.error(f'{args.model} has no large-kernel convs to crop or re-parameterize; pass a slak_* or '
+                     'l2s_convnext_* model')
+    decomposed = any(getattr(m, 'decom', False) for m in model.modules() if isinstance(m, ReparamLargeKernelConv))
     x = torch.randn(args.batch, 3, args.img, args.img, device=device)
     print(f'{args.model} img {args.img} batch {args.batch} on {device} ({torch.get_num_threads()} CPU threads)')
 
@@ -62,8 +67,12 @@ def main() -> None:
     print(f'MACs nominal {count_flops(model, args.img)["dense"] / 1e9:.3f} G, '
           f'as executed {count_flops(model, args.img, as_executed=True)["dense"] / 1e9:.3f} G')
 
-    forms = {'training form': model.eval(), 'deploy strips': reparameterize(copy.deepcopy(model).eval()),
-             'deploy dense': reparameterize(copy.deepcopy(model).eval(), dense=True)}
+    forms = {'training form': model.eval()}
+    if decomposed:  # M x N + N x M strips, or everything merged into one M x M kernel
+        forms.update({'deploy strips': reparameterize(copy.deepcopy(model).eval()),
+                      'deploy dense': reparameterize(copy.deepcopy(model).eval(), dense=True)})
+    else:  # one square kernel (plus BatchNorm) per block: a single deploy form
+        forms['deploy'] = reparameterize(copy.deepcopy(model).eval())
     with torch.no_grad():
         for label, net in forms.items():
             ms = timed(lambda: net(x), args.steps, device)

@@ -235,8 +235,9 @@ def bench_training(size: int, batch: int, args, device: torch.device, lines: lis
             mem = cpu_peak_memory(t.name, size, batch, args)
         out[label] = dict(model=t.name, images_per_s=ips, step_ms=1e3 * sec, gmacs_per_image=t.macs / 1e9,
                           gflop_per_s=gflops, peak_mib=mem)
+        mem_text = '—' if mem != mem else f'{mem:.0f}'  # NaN: not measured (--no-memory)
         rows.append(f'| {label} (`{t.name}`) | {size} | {batch} | {1e3 * sec:.0f} | {ips:.1f} | {t.macs / 1e9:.2f} '
-                    f'| {gflops:.1f} | {mem:.0f} |')
+                    f'| {gflops:.1f} | {mem_text} |')
     ratio = out['SLaK-T']['images_per_s'] / out['timm ConvNeXt-T']['images_per_s']
     ratio_student = out['SLaK-T']['images_per_s'] / out['student ConvNeXt-T']['images_per_s']
     record[f'train_{size}'] = dict(batch=batch, models=out, slak_over_convnext=ratio,

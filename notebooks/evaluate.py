@@ -44,7 +44,8 @@ result = evaluate(checkpoint, model_name=model, data_overrides=overrides, device
 
 # %%
 scores = result["sets"] if split == "robustness" else {result["split"]: result}
-table = pd.DataFrame([{"checkpoint": str(checkpoint), "model": result["model"], "split": name,
+table = pd.DataFrame([{"checkpoint": str(checkpoint), "model": result["model"], "weights": result["weights"],
+                       "deploy": result["deploy"], "split": name,
                        **{k: r.get(k) for k in ("n", "top1", "top5", "loss")}} for name, r in scores.items()])
 if out_dir:
     Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -125,7 +125,9 @@ def test_evaluate_notebook_writes_the_table(executed):
     # The same weights on the same test split as the engine's final test.
     assert result["split"] == "test" and result["model"] == "l2s_convnext_micro"
     assert result["top1"] == pytest.approx(summary["test_top1"])
-    assert (out / "eval" / "evaluation.csv").read_text().startswith("checkpoint,model,split,n,top1,top5,loss")
+    assert result["weights"] == summary["final_is"]  # the run's final model, EMA or raw
+    assert (out / "eval" / "evaluation.csv").read_text().startswith(
+        "checkpoint,model,weights,deploy,split,n,top1,top5,loss")
 
 
 def test_report_notebook_regenerates_results(executed):
