@@ -202,7 +202,7 @@ def _latest_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
-def _read_summary(run_dir: Path) -> dict | None:
+def read_run_summary(run_dir: Path) -> dict | None:
     """The run's summary.json, None when there is none; an unreadable one reads as an empty record."""
     path = run_dir / "summary.json"
     if not path.is_file():
@@ -217,7 +217,7 @@ def _read_summary(run_dir: Path) -> dict | None:
 def _check_finished(run_dir: Path, newest: Path) -> None:
     """Refuse a teacher run folder that has not completed (stopped, still training or crashed): its newest
     checkpoint is a half-trained teacher, which would be used without anyone noticing."""
-    summary = _read_summary(run_dir)
+    summary = read_run_summary(run_dir)
     if summary is not None and summary.get("status") == "complete":
         return
     if summary is None:
@@ -242,7 +242,7 @@ def final_is_ema(run_dir: Path) -> bool:
     The newest checkpoint holds both; which one is "the run's model" was decided at its last evaluation.
     Summaries without `final_is` fall back to `ema_better` (the best evaluation), then to the released code's
     best_acc1 / best_acc1_ema."""
-    summary = _read_summary(run_dir) or {}
+    summary = read_run_summary(run_dir) or {}
     if summary.get("final_is") in ("ema", "raw"):
         return summary["final_is"] == "ema"
     if "ema_better" in summary:

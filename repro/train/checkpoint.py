@@ -125,3 +125,15 @@ def candidate_folders(run_dir: Path, extra: Iterable[Path], kaggle_input: Path |
         if f not in unique:
             unique.append(f)
     return unique
+
+
+def run_of(path: Path) -> tuple[Path | None, bool]:
+    """(the run folder of `path`, whether `path` is that run's last state) for a run folder or a checkpoint in
+    its checkpoints/; (None, False) for anything else (a released file, a folder without summary.json)."""
+    path = Path(path)
+    if path.is_dir():
+        return (path, True) if (path / "summary.json").is_file() else (None, False)
+    if path.parent.name == "checkpoints" and (path.parent.parent / "summary.json").is_file():
+        newest = list_checkpoints(path.parent)
+        return path.parent.parent, bool(newest) and newest[0].resolve() == path.resolve()
+    return None, False

@@ -40,6 +40,7 @@ from .checkpoint import (
     checkpoint_step,
     list_checkpoints,
     load_checkpoint,
+    run_of,
     save_checkpoint,
     state_digest,
 )
@@ -501,14 +502,13 @@ class Trainer:
     def _teacher_top1(self) -> float | None:
         """The teacher's top-1 as its run reported it, for the weights actually loaded (raw or EMA); None when
         the teacher is not a run's last checkpoint (then no recorded number describes it)."""
+        from ..distill.teacher import read_run_summary
+
         ident = self.teacher.identity()
-        path = Path(ident.get("path") or "")
-        if path.parent.name != "checkpoints" or not (path.parent.parent / "summary.json").is_file():
+        run_dir, last = run_of(Path(ident.get("path") or ""))
+        if run_dir is None or not last:
             return None
-        newest = list_checkpoints(path.parent)
-        if not newest or newest[0].resolve() != path.resolve():
-            return None
-        s = json.loads((path.parent.parent / "summary.json").read_text())
+        s = read_run_summary(run_dir) or {}
         ema = str(ident.get("weights", "")).endswith("_ema")
         exact = s.get("test_top1_ema" if ema else "test_top1_raw")
         if exact is not None:

@@ -7,9 +7,9 @@ from typing import Iterable
 
 from ..config import RunConfig, parse_override, set_value
 from ..device import resolve_device, resolve_precision
-from ..distill.teacher import final_is_ema, misfit_text, pick_weights, weights_misfit
+from ..distill.teacher import final_is_ema, misfit_text, pick_weights, read_run_summary, weights_misfit
 from ..errors import ReproError
-from .checkpoint import list_checkpoints, load_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, run_of
 from .distributed import DistInfo
 from .evaluate import eval_loader, evaluate_model
 
@@ -56,7 +56,7 @@ def evaluate(checkpoint_or_run_dir: str | Path, *, model_name: str | None = None
 
     path = Path(checkpoint_or_run_dir)
     state, saved = _read_weights(path)
-    run_dir, last = _run_of(path)
+    run_dir, last = run_of(path)
     if run_dir is not None:
         _warn_if_unfinished(run_dir)
     if use_ema is None:  # the run's final model; an earlier checkpoint (or a foreign file) is scored raw
@@ -161,24 +161,9 @@ def _misfit_message(path: Path, saved: dict | None, cfg: RunConfig, num_classes:
             "(see `repro models`)" + (f" and a dataset with {file_classes} classes" if fixes else ""))
 
 
-def _run_of(path: Path) -> tuple[Path | None, bool]:
-    """(the run folder of a run folder or of a checkpoint inside one, whether `path` is that run's last state)."""
-    if path.is_dir():
-        return (path, True) if (path / "summary.json").is_file() else (None, False)
-    if path.parent.name == "checkpoints" and (path.parent.parent / "summary.json").is_file():
-        newest = list_checkpoints(path.parent)
-        return path.parent.parent, bool(newest) and newest[0].resolve() == path.resolve()
-    return None, False
-
-
 def _warn_if_unfinished(run_dir: Path) -> None:
-    import json
-
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(summary, dict) and summary.get("status") not in (None, "complete"):
+    summary = read_run_summary(run_dir) or {}
+    if summary.get("status") not in (None, "complete"):
         log.warning("%s is '%s' after %s of %s steps: these are intermediate weights, not the run's result.",
                     run_dir, summary.get("status"), summary.get("steps_done"), summary.get("steps_total"))
 
