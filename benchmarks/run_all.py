@@ -492,6 +492,14 @@ def write_readme(key: str, body: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def write_suite_section(command: str, device: torch.device, lines: list) -> None:
+    """Rewrite the quickstart and test-suite section of benchmarks/README.md."""
+    when = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+    write_readme('suite', '\n'.join(['### Quickstart and test suite', '',
+                                     f'Written by `{command.strip()}` on {when}; {machine_line(device)}.', '',
+                                     *lines]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true', help='small batches (16 at 32 px, 2 at 224 px), 2 steps')
@@ -533,16 +541,13 @@ def main(argv=None) -> int:
         parser.error('--precision fp16 needs a CUDA device; use fp32 or bf16 on CPU.')
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
+    command = 'python benchmarks/run_all.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     if args.suite_only:
         suite, record = [], {}
         print('-- quickstart and test suite', flush=True)
         bench_suite(suite, record)
-        when = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
-        command = 'python benchmarks/run_all.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
         if not args.no_readme:
-            write_readme('suite', '\n'.join(['### Quickstart and test suite', '',
-                                             f'Written by `{command.strip()}` on {when}; {machine_line(device)}.',
-                                             '', *suite]))
+            write_suite_section(command, device, suite)
         if args.json:
             Path(args.json).write_text(json.dumps(record, indent=2, default=str))
         return 0
@@ -550,7 +555,6 @@ def main(argv=None) -> int:
     batch = {32: args.batch_32 or (16 if quick else 64),
              224: args.batch_224 or (2 if quick else (64 if device.type == 'cuda' else 4))}
     args.steps = args.steps or (2 if quick else 3)
-    command = 'python benchmarks/run_all.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
     header = (f'{machine_line(device)}; precision {args.precision}; memory format '
               f'{"channels_last" if args.channels_last else "contiguous (NCHW)"}; {args.warmup} warm-up + '
@@ -640,9 +644,7 @@ def main(argv=None) -> int:
     if not args.no_readme:
         write_readme(device.type, '\n'.join(body))
         if suite:
-            write_readme('suite', '\n'.join(['### Quickstart and test suite', '',
-                                             f'Written by `{command.strip()}` on {when}; {machine_line(device)}.',
-                                             '', *suite]))
+            write_suite_section(command, device, suite)
         print(f'results written to {README.relative_to(ROOT)}')
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2, default=str))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -138,20 +137,25 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
-    """The parameters `source` declares (papermill, offline); refuses any in `parameters` it does not declare.
-
-    papermill would inject an undeclared parameter anyway and the notebook would silently ignore it.
-    """
+def declared_parameters(source: str | Path) -> dict:
+    """{name: papermill's description} of the parameters cell of notebook `source` (read offline)."""
     import papermill
 
     logger = logging.getLogger("papermill")
     level = logger.level
     logger.setLevel(logging.WARNING)  # inspect_notebook announces "Input Notebook" at INFO
     try:
-        declared = papermill.inspect_notebook(str(source))
+        return papermill.inspect_notebook(str(source))
     finally:
         logger.setLevel(level)
+
+
+def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
+    """The parameters `source` declares (papermill, offline); refuses any in `parameters` it does not declare.
+
+    papermill would inject an undeclared parameter anyway and the notebook would silently ignore it.
+    """
+    declared = declared_parameters(source)
     if not declared:
         raise ReproError(f"{source} has no cell tagged 'parameters', so its parameters cannot be set; "
                          "tag the defaults cell with 'parameters'")
@@ -169,22 +173,10 @@ def run_parameters(run: PlanRun, base_dir: str | Path | None = None) -> dict[str
     if not run.from_defaults:
         return dict(run.parameters)
     try:
-        declared = _declared_names(str(find_notebook(run.notebook, base_dir).resolve()))
+        declared = declared_parameters(find_notebook(run.notebook, base_dir))
     except ReproError:
         return dict(run.parameters)  # a missing notebook is reported where the run is executed
     return {k: v for k, v in run.parameters.items() if k in declared or k not in run.from_defaults}
-
-
-@functools.lru_cache(maxsize=None)
-def _declared_names(notebook: str) -> frozenset[str]:
-    import papermill
-    logger = logging.getLogger("papermill")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        return frozenset(papermill.inspect_notebook(notebook))
-    finally:
-        logger.setLevel(level)
 
 
 def check_run_config(parameters: dict[str, Any], declared: dict, plan_dir: Path,
