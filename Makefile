@@ -12,7 +12,7 @@ $(PY):
 
 $(STAMP): $(PY) setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install -q -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev,notebooks,kaggle]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev,notebooks,kaggle,tensorboard]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 

@@ -56,5 +56,5 @@ display(Markdown(written["distillation_grid_md"].read_text()))
 # ## Figures
 
 # %%
-for key in sorted(k for k in written if k.startswith(("curves_", "teacher_student_"))):
+for key in sorted(k for k in written if k.startswith(("curves_", "teacher_student_", "erf_"))):
     display(Image(filename=str(written[key])))

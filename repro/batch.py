@@ -13,6 +13,7 @@ GPUs, e.g. Kaggle's T4 x2) without touching CUDA in the notebook's own process.
 from __future__ import annotations
 
 import argparse
+import ast
 import codecs
 import contextlib
 import json
@@ -21,12 +22,14 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ReproError
-from .plan import PlanRun, load_plan
+from .paths import ensure_writable_dir
+from .plan import PLAN_FORMAT, PlanRun, load_plan
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # notebooks/ of a source checkout (editable install) and the copies shipped inside the package (wheel).
@@ -146,6 +149,9 @@ def declared_parameters(source: str | Path) -> dict:
     logger.setLevel(logging.WARNING)  # inspect_notebook announces "Input Notebook" at INFO
     try:
         return papermill.inspect_notebook(str(source))
+    except ValueError as exc:  # e.g. no kernelspec in the notebook's metadata
+        raise ReproError(f"papermill cannot read the parameters of {source} ({exc}); open and save it in "
+                         "Jupyter with a Python kernel, or give the notebook's metadata a kernelspec") from None
     finally:
         logger.setLevel(level)
 
@@ -165,6 +171,90 @@ def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
                          f"{', '.join(declared)}); fix the plan (config keys go in `overrides`), or the "
                          "notebook's parameters cell")
     return declared
+
+
+# Training-notebook parameters whose default (None) does not show their type: what `repro train` takes.
+TRAIN_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "max_steps": (int,), "checkpoint_every": (int,), "seed": (int,), "device": (str,), "config_file": (str,),
+    "time_budget": (str, int, float)}
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in types)
+
+
+def _fits(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, never to a notebook parameter
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    if isinstance(value, tuple) and list in types:  # YAML never makes tuples; a Python caller might
+        return True
+    return isinstance(value, types)
+
+
+def check_parameter_types(parameters: dict[str, Any], declared: dict, notebook: str | Path, *,
+                          run: str | None = None, also_accepted: dict[str, tuple] | None = None) -> None:
+    """Refuse a parameter whose value has another type than the notebook's default (a `max_steps: "ten"` would
+    fail inside the notebook, minutes later, with a traceback). None is always accepted; `also_accepted` maps a
+    name to extra values resolved where the notebook runs (e.g. nproc "auto" on Kaggle)."""
+    training = {"preset", "overrides"} <= set(declared)
+    where = f"run '{run}': " if run else ""
+    for name, value in parameters.items():
+        if value is None or name not in declared or value in (also_accepted or {}).get(name, ()):
+            continue
+        try:
+            default = ast.literal_eval(declared[name].get("default", ""))
+        except (ValueError, SyntaxError, TypeError):
+            continue  # an expression papermill cannot evaluate either: nothing to compare with
+        if default is not None:
+            types = (type(default),) if not isinstance(default, tuple) else (tuple, list)
+        elif training and name in TRAIN_PARAMETER_TYPES:
+            types = TRAIN_PARAMETER_TYPES[name]
+        else:
+            continue
+        expected = _type_names(types) + (" or None" if default is None else "")
+        if not _fits(value, types):
+            raise ReproError(f"{where}parameter {name} of {Path(notebook).name} expects {expected} (the notebook's "
+                             f"default is {default!r}), found {value!r} ({type(value).__name__}); fix the value in "
+                             "the plan")
+        if training and name == "time_budget":
+            from .train.budget import parse_duration
+            try:
+                parse_duration(value, flag=f"parameter time_budget of {Path(notebook).name}")
+            except ReproError as exc:
+                raise ReproError(f"{where}{exc}; fix the value in the plan") from None
+
+
+def bake_parameter_defaults(source: str, values: dict[str, Any], header: str = "") -> str:
+    """The parameters-cell `source` with `values` as the new defaults, each in place of its assignment.
+
+    Baking values into the parameters cell itself, rather than adding papermill's injected-parameters cell,
+    keeps them when the notebook is executed again with `papermill -p NAME VALUE`: papermill replaces an
+    injected cell as a whole, but only adds assignments after a parameters cell. Comments are kept.
+    """
+    from papermill.translators import PythonTranslator
+
+    lines = source.splitlines()
+    todo = dict(values)
+    for node in reversed(ast.parse(source).body):  # bottom-up: earlier line numbers stay valid
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name = node.target.id
+        else:
+            continue
+        if name not in todo:
+            continue
+        first, last = node.lineno - 1, node.end_lineno - 1
+        # ast's column offsets count UTF-8 bytes, not characters.
+        prefix = lines[first].encode()[:node.value.col_offset].decode() if node.value.lineno == node.lineno \
+            else f"{name} = "
+        tail = lines[last].encode()[node.end_col_offset:].decode()  # the comment after the value, if any
+        lines[first:last + 1] = [prefix + PythonTranslator.translate(todo.pop(name)) + tail]
+    # A name assigned in a way not rewritten above (e.g. inside an `if`) is set after the defaults.
+    lines += [f"{name} = {PythonTranslator.translate(value)}" for name, value in todo.items()]
+    return "\n".join(([header] if header else []) + lines) + "\n"
 
 
 def run_parameters(run: PlanRun, base_dir: str | Path | None = None) -> dict[str, Any]:
@@ -276,6 +366,10 @@ def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir
     """
     runs = list(runs)
     check_kernel(kernel)
+    if any(not run.parameters.get("out_dir") for run in runs):
+        ensure_writable_dir(out, "the batch output folder (--out)")
+    if notebooks_out:
+        ensure_writable_dir(notebooks_out, "the folder for executed notebooks (--notebooks-out)")
     records = []
     done = {}
     for i, run in enumerate(runs, start=1):
@@ -305,7 +399,9 @@ def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir
             continue
         try:
             notebook = find_notebook(run.notebook, base_dir)
-            check_run_config(parameters, check_parameters(notebook, parameters), base_dir)
+            declared = check_parameters(notebook, parameters)
+            check_run_config(parameters, declared, base_dir)
+            check_parameter_types(parameters, declared, notebook)  # the lines printed name the run
         except ReproError as exc:
             record.update(status="failed", error=str(exc))
             done[run.name] = "failed"
@@ -419,11 +515,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `batch` subcommand."""
     p = subparsers.add_parser(
         "batch", help="execute a plan's notebooks with papermill (resumable; goes on past failures)",
-        description="Execute every run of PLAN (a YAML list or grid of notebook + parameters) with papermill "
-                    "into OUT/<name>/ (executed.ipynb, papermill.log, and the run's own files). Complete runs are "
-                    "skipped, stopped ones resume; a failing run does not stop the others. Exit status 1 when a "
-                    "run failed.")
-    p.add_argument("plan", help="plan YAML file (see repro/plan.py for the format)")
+        description=textwrap.fill(
+            "Execute every run of PLAN (a YAML list or grid of notebook + parameters) with papermill into "
+            "OUT/<name>/ (executed.ipynb, papermill.log, and the run's own files). Complete runs are skipped, "
+            "stopped ones resume; a failing run does not stop the others. Exit status 1 when a run failed.", 79),
+        epilog=PLAN_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", help="plan YAML file (format below; examples in kaggle/plans/)")
     p.add_argument("--out", default="runs", help="parent folder of the run folders (default: runs)")
     p.add_argument("--notebooks-out", metavar="DIR", help="also copy each executed notebook to DIR/<name>.ipynb")
     p.add_argument("--only", nargs="+", metavar="NAME", help="execute only these runs of the plan")

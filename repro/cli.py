@@ -12,22 +12,27 @@ from . import __version__
 from .errors import ReproError
 
 # Modules that add their own subcommands through register(subparsers).
-_COMMAND_MODULES = ("repro.doctor", "repro.batch", "repro.report.cli", "repro.quickstart", "repro.kaggle.cli")
+_COMMAND_MODULES = ("repro.doctor", "repro.batch", "repro.report.cli", "repro.quickstart", "repro.kaggle.cli",
+                    "repro.export", "repro.analysis.cli")
 
 
 def _cmd_train(args) -> int:
     from .config import load_config
     from .train import train
+    from .train.budget import StopSignal
 
     if not args.preset and not args.config:
         raise ReproError("repro train needs --preset NAME or --config FILE (see `repro presets`)")
     overrides = list(args.set or [])
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    cfg = load_config(args.preset, args.config, overrides)
-    summary = train(cfg, args.out, max_steps=args.max_steps, time_budget=args.time_budget,
-                    checkpoint_every=args.checkpoint_every, device=args.device, resume_from=args.resume_from or (),
-                    force=args.force, progress=not args.no_progress)
+    # From here a stop signal is a clean stop (start-up and data loading included); a second one aborts.
+    with StopSignal() as signals:
+        signals.phase = "start-up"
+        cfg = load_config(args.preset, args.config, overrides)
+        summary = train(cfg, args.out, max_steps=args.max_steps, time_budget=args.time_budget,
+                        checkpoint_every=args.checkpoint_every, device=args.device,
+                        resume_from=args.resume_from or (), force=args.force, progress=not args.no_progress)
     keys = ("status", "stop_reason", "steps_done", "steps_total", "epochs_done", "eval_split", "top1", "top5",
             "best_top1", "test_top1", "wall_time_s")
     if summary.get("env", {}).get("world_size", 1) == 1 or _rank() == 0:
@@ -44,29 +49,65 @@ def _rank() -> int:
 def _cmd_eval(args) -> int:
     from .train import evaluate
 
+    use_ema = {"final": None, "raw": False, "ema": True}[args.weights]
+    if args.robustness:
+        from .analysis.robustness import run_robustness
+        from .data.corruptions import parse_corruptions, parse_severities
+
+        record = run_robustness(
+            args.checkpoint, baseline=args.baseline, out_dir=args.out, model_name=args.model,
+            data_overrides=args.set or (), device=args.device, use_ema=use_ema, batch_size=args.batch_size,
+            deploy=args.deploy, corruptions=parse_corruptions(args.corruptions),
+            severities=parse_severities(args.severities), limit=args.limit, seed=args.corruption_seed,
+            corruption_source=args.corruption_source, cache_dir=args.corruption_cache, frost_folder=args.frost_images,
+            progress=not args.no_progress)
+        print(json.dumps({k: v for k, v in record.items() if k != "corruption"}
+                         | {"corruption": _corruption_digest(record.get("corruption"))}, indent=2))
+        print(f"robustness.json: {record['file_written']}")
+        return 0
+    if args.baseline or args.out:
+        raise ReproError("--baseline and --out belong to --robustness; add --robustness (or drop them)")
     res = evaluate(args.checkpoint, model_name=args.model, data_overrides=args.set or (), device=args.device,
-                   split=args.split, use_ema={"final": None, "raw": False, "ema": True}[args.weights],
-                   batch_size=args.batch_size, deploy=args.deploy)
+                   split=args.split, use_ema=use_ema, batch_size=args.batch_size, deploy=args.deploy)
     print(json.dumps(res, indent=2))
     return 0
 
 
+def _corruption_digest(corruption: dict | None) -> dict | None:
+    """The headline corruption numbers of a robustness record (the file holds every score)."""
+    if corruption is None:
+        return None
+    keys = ("benchmark", "source", "folder", "seed", "images_per_severity", "clean_top1", "mean_corruption_accuracy",
+            "per_severity", "missing_from_mean", "unavailable")
+    digest = {k: corruption.get(k) for k in keys}
+    digest["per_corruption"] = {c: v["top1"] for c, v in corruption.get("per_corruption", {}).items()}
+    digest["mce"] = {k: corruption["mce"].get(k) for k in ("mce", "relative_mce", "baseline", "note")}
+    return digest
+
+
 def _cmd_presets(args) -> int:
-    from .config import all_keys, list_presets, load_config
+    from .config import key_table, list_presets, load_config, preset_purpose
 
     if args.keys:
-        print("\n".join(all_keys()))
+        rows = [{"key": "key", "type": "type", "default": "default", "meaning": "meaning"}] + key_table()
+        width = {c: max(len(r[c]) for r in rows) for c in ("key", "type", "default")}
+        print("\n".join(f"{r['key']:<{width['key']}}  {r['type']:<{width['type']}}  "
+                        f"{r['default']:<{width['default']}}  {r['meaning']}".rstrip() for r in rows))
     elif args.show:
         print(load_config(args.show).to_yaml(), end="")
     else:
-        print("\n".join(list_presets()))
+        names = list_presets()
+        width = max(map(len, names))
+        print("\n".join(f"{name:<{width}}  {preset_purpose(name)}".rstrip() for name in names))
     return 0
 
 
 def _cmd_models(args) -> int:
-    from .models import list_models
+    from .models import describe_model, list_models
 
-    print("\n".join(list_models()))
+    names = list_models()
+    width = max(map(len, names))
+    print("\n".join(f"{name:<{width}}  {describe_model(name)}" for name in names))
     return 0
 
 
@@ -96,10 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5/loss of a checkpoint or run folder")
+    p = sub.add_parser("eval", help="top-1/top-5/loss of a checkpoint or run folder",
+                       description="Score a run folder (its final model by default), a checkpoint of this package "
+                                   "or a released weight file on a dataset split; prints top-1, top-5 and loss as "
+                                   "JSON. The model and data come from the checkpoint's recorded config; a "
+                                   "released file needs --model and --set data.* (e.g. data.name=imagenet "
+                                   "data.root=/data/imagenet data.img_size=224).")
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint of this package, or released file")
     p.add_argument("--model", help="architecture for checkpoints that do not record it (e.g. slak_tiny)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="data overrides, e.g. data.root=/data")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a data.* or model.* key evaluation uses, e.g. data.root=/data (others are refused)")
     p.add_argument("--split", default="test", choices=("val", "test", "robustness"),
                    help="robustness: every ImageNet-A/-R/-Sketch folder under data.robustness_root")
     p.add_argument("--weights", choices=("final", "raw", "ema"), default="final",
@@ -109,14 +156,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deploy", action="store_true", help="evaluate the re-parameterized (deploy) form")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device")
+    r = p.add_argument_group(
+        "robustness", "--robustness scores every set found for the run's data and writes robustness.json (into the "
+        "run folder, or --out): CIFAR-10/100 (and digits) on the 15 + 4 corruptions x 5 severities of CIFAR-10-C / "
+        "CIFAR-100-C, read from the published .npy files when found (data.robustness_root, ./data, ~/data, Kaggle "
+        "inputs), else generated from the test split and cached; ImageNet on the ImageNet-A/-R/-Sketch folders "
+        "and the ImageNet-C tree under data.robustness_root. Per-corruption and per-severity top-1, mean "
+        "corruption accuracy, and the mCE against --baseline.")
+    r.add_argument("--robustness", action="store_true", help="score the robustness sets, write robustness.json")
+    r.add_argument("--baseline", metavar="RUN",
+                   help="run folder, checkpoint or robustness.json whose errors normalise the mCE (scored on the "
+                        "same images when its robustness.json does not hold them)")
+    r.add_argument("--out", metavar="DIR", help="where to write robustness.json (default: the run folder)")
+    r.add_argument("--corruptions", metavar="NAMES",
+                   help="comma-separated corruption names, or all (default), main (the 15) or extra (the 4)")
+    r.add_argument("--severities", metavar="S", help="comma-separated severities 1-5 (default: all)")
+    r.add_argument("--limit", type=int, metavar="N",
+                   help="images per corruption and severity (the first N test images; evenly spaced for "
+                        "ImageNet-C); default all")
+    r.add_argument("--corruption-seed", type=int, default=0, metavar="S",
+                   help="seed of generated corruptions (default 0; the same seed gives the same images)")
+    r.add_argument("--corruption-source", choices=("auto", "published", "generated"), default="auto",
+                   help="auto (default): published CIFAR-C files when found for the test split, else generated")
+    r.add_argument("--corruption-cache", metavar="DIR",
+                   help="folder for generated sets (default: $REPRO_CACHE/corruptions or ~/.cache/repro/corruptions)")
+    r.add_argument("--frost-images", metavar="DIR",
+                   help="folder with the benchmark's frost1.png ... frost6.jpg (default: those of an installed "
+                        "imagecorruptions package; without them frost is skipped)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("presets", help="list presets, show one resolved, or list config keys")
+    p = sub.add_parser("presets", help="list presets, show one resolved, or list config keys",
+                       description="List the shipped presets with their purpose, print one resolved (every key, "
+                                   "after its base presets), or list every config key with its type, default "
+                                   "and meaning (the keys of --set and of config files).")
     p.add_argument("--show", metavar="NAME", help="print the resolved preset as YAML")
-    p.add_argument("--keys", action="store_true", help="list every config key")
+    p.add_argument("--keys", action="store_true", help="list every config key: type, default, meaning")
     p.set_defaults(func=_cmd_presets)
 
-    p = sub.add_parser("models", help="list model names")
+    p = sub.add_parser("models", help="list model names",
+                       description="List the model names of this package (SLaK teachers, the paper's students, "
+                                   "the timm models built offline), each with what it is; any timm model name "
+                                   "also works as model.name.")
     p.set_defaults(func=_cmd_models)
 
     for name in _COMMAND_MODULES:
@@ -141,8 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from .train.budget import RunAborted
+
     try:
         return int(args.func(args) or 0)
     except ReproError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunAborted as exc:
+        return 128 + int(exc.signum)  # the handler has already said what happened, in one line
+    except KeyboardInterrupt:
+        print("interrupted; files already written are kept", file=sys.stderr)
+        return 130

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import itertools
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -100,6 +103,16 @@ class TrainConfig:
             faster than the per-tensor loop PyTorch runs on CPU by default (SLaK-T: 23-27 vs 65-103 ms per
             step), equally deterministic; results differ from the loop's in the last bits. False: PyTorch's
             default implementation.
+        log_every: steps between host reads of the loss (one transfer per window, none in between), train
+            records in metrics.jsonl / TensorBoard, progress lines off a terminal, and (under DDP) the ranks'
+            agreement on stopping.
+        tensorboard: write TensorBoard event files to <run>/tb/ (rank 0; needs the tensorboard package).
+        compile: torch.compile nothing (off), the student with its loss (student), or also the frozen
+            teacher (all); same loss as eager within 1e-5 relative, not bit-identical.
+        deterministic: on CUDA, deterministic cuDNN/cuBLAS kernels (slower); off lets cuDNN pick the fastest
+            (cudnn.benchmark). CPU runs are deterministic either way.
+        teacher_cuda_graph: replay the frozen teacher's forward from a captured CUDA graph (CUDA, static
+            shapes); outputs equal eager's up to kernel choice.
     """
 
     epochs: int = 300
@@ -126,6 +139,11 @@ class TrainConfig:
     keep_checkpoints: int = 3
     sync_bn: bool = False
     fused_optimizer: bool = True
+    log_every: int = 50
+    tensorboard: bool = True
+    compile: str = "off"
+    deterministic: bool = False
+    teacher_cuda_graph: bool = False
 
 
 @dataclass
@@ -144,6 +162,9 @@ class SparseConfig:
         regrow_pruned: let random growth pick weights pruned in the same update (the released code does, and
             they keep their old values); off by default so an update really explores.
         dense_cutoff: layers whose allotted density reaches this stay dense (released: 0.99).
+        reset_moments: zero the optimizer moments of pruned and regrown weights at each update (a regrown
+            weight's first AdamW steps are then several times the normal size); the released code keeps
+            them (false).
     """
 
     sparsity: float = 0.0
@@ -156,6 +177,7 @@ class SparseConfig:
     min_prune_rate: float = 0.005
     regrow_pruned: bool = False
     dense_cutoff: float = 1.0
+    reset_moments: bool = True
 
 
 @dataclass
@@ -169,6 +191,8 @@ class DistillConfig:
         temperature, alpha, beta: loss hyper-parameters; None takes each method's released default.
         fd_weight: weight of the feature-distillation term.
         fd_loss: smoothl1 or mse.
+        fd_projector: auto (a 1x1-conv projector only when student and teacher channels differ; equal maps
+            are compared directly, as released) or always.
         teacher_deploy: run the teacher in its re-parameterized (deploy) form.
     """
 
@@ -180,6 +204,7 @@ class DistillConfig:
     beta: float | None = None
     fd_weight: float = 1.0
     fd_loss: str = "smoothl1"
+    fd_projector: str = "auto"
     teacher_deploy: bool = True
 
 
@@ -289,6 +314,7 @@ _RANGES = (
     _Range("train.clip_grad", "above 0, or null", _positive, "null", "null disables clipping"),
     _Range("train.ema_decay", "in [0, 1)", _open_unit, "0.9999", "0 disables the EMA"),
     _Range("train.eval_every", "1 or more", _at_least_one, "1", "evaluate every this many epochs"),
+    _Range("train.log_every", "1 or more", _at_least_one, "50", "steps between host reads of the loss"),
     _Range("train.keep_checkpoints", "1 or more", _at_least_one, "3",
            "resuming needs at least one checkpoint on disk"),
     _Range("sparse.sparsity", "in [0, 1)", _open_unit, "0.4", "fraction of zeros; 0 trains dense"),
@@ -308,8 +334,18 @@ _RANGES = (
 # Sections whose values identify what is trained; differences here make a resume unsafe.
 RESUME_SENSITIVE = ("seed", "model", "data", "train", "sparse", "distill")
 # Keys that may change between sessions of one run without changing its results.
+# What runs did before a key existed, where that differs from the key's default today: (value, whether the key
+# mattered to that run). A key that did not matter takes today's value, so it never blocks a resume.
+LEGACY_DEFAULTS = {
+    "sparse.reset_moments": (True, lambda c: (c.get("sparse.sparsity") or 0) > 0),
+    "distill.fd_projector": ("always", lambda c: "fd" in str(c.get("distill.method") or "").split("+")),
+    "data.augment_on": ("cpu", lambda c: True),
+}
+
 RESUME_SAFE_KEYS = {"name", "data.root", "data.num_workers", "data.eval_batch_size", "data.download",
-                    "data.robustness_root", "train.keep_checkpoints", "distill.teacher"}
+                    "data.robustness_root", "train.keep_checkpoints", "distill.teacher",
+                    "train.log_every", "train.tensorboard", "train.compile", "train.deterministic",
+                    "train.teacher_cuda_graph"}
 
 
 def _flatten(d: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -436,6 +472,57 @@ def list_presets() -> list[str]:
     return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml") and not p.name.startswith("_"))
 
 
+def preset_purpose(name: str) -> str:
+    """A preset's purpose: the first sentence of the comment that opens its YAML file, up to an indented
+    example line or an empty comment line ('' when the file opens without a comment)."""
+    path = resources.files(PRESET_PACKAGE) / f"{name}.yaml"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    prose = itertools.takewhile(lambda t: t.startswith("#") and t[1:].strip() and not t[1:].startswith("  "),
+                                lines)
+    text = re.split(r"(?<=\.)\s+(?=[A-Z])", " ".join(line[1:].strip() for line in prose), maxsplit=1)[0]
+    return re.sub(r"[,;:]?\s*(e\.g\.)?$", "", text)  # a sentence leading into an example stops before it
+
+
+# Meanings that no section docstring gives: the top-level keys, and entries a docstring mentions in passing.
+_KEY_MEANINGS = {
+    "name": "the run's name, recorded in summary.json (a preset names its runs after itself)",
+    "seed": "seed of the initial weights, data order, augmentation and dropout",
+    "train.mixup_prob": "probability that a batch gets mixup or cutmix (timm's Mixup prob)",
+    "train.mixup_switch_prob": "probability of cutmix instead of mixup when both are on (timm's switch_prob)",
+}
+
+
+def _docstring_meanings(section: type) -> dict[str, str]:
+    """{field: meaning} from the `Args:` block of a config section's docstring (`a, b: text` gives both)."""
+    meanings: dict[str, str] = {}
+    names: list[str] = []
+    lines = inspect.cleandoc(section.__doc__ or "").splitlines()
+    for line in lines[lines.index("Args:") + 1:] if "Args:" in lines else []:
+        entry = re.match(r"^    (\w[\w, ]*):\s+(.*)$", line)
+        if entry and all(n.strip().isidentifier() for n in entry.group(1).split(",")):
+            names = [n.strip() for n in entry.group(1).split(",")]
+            meanings.update({n: entry.group(2).strip() for n in names})
+        elif line.startswith("        ") and names:  # a continuation line
+            meanings.update({n: meanings[n] + " " + line.strip() for n in names})
+    return meanings
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as it is written in YAML and --set (null, true, 0.0001)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+
+def key_table() -> list[dict[str, str]]:
+    """One row per config key: key, type, default (as written in YAML) and meaning (from the docstrings)."""
+    meanings = dict(_KEY_MEANINGS)
+    for name, section in typing.get_type_hints(RunConfig).items():
+        if dataclasses.is_dataclass(section):
+            meanings.update({f"{name}.{k}": v for k, v in _docstring_meanings(section).items()})
+    defaults = flat_dict(RunConfig())
+    return [{"key": key, "type": _type_name(_HINTS[key]), "default": _yaml_value(value),
+             "meaning": meanings.get(key, "")} for key, value in defaults.items()]
+
+
 def _read_yaml(text: str, where: str) -> dict:
     try:
         data = yaml.safe_load(text) or {}
@@ -501,6 +588,12 @@ def config_differences(old: RunConfig | dict, new: RunConfig | dict) -> list[str
     """Keys whose values differ in ways that change a run's results (ignores RESUME_SAFE_KEYS)."""
     a = flat_dict(old) if isinstance(old, RunConfig) else dict(_flatten(old))
     b = flat_dict(new) if isinstance(new, RunConfig) else dict(_flatten(new))
+    if not isinstance(old, RunConfig):  # a config.yaml written before a key existed ran its earlier behaviour
+        defaults = flat_dict(RunConfig())
+        for key in b:
+            if key not in a and key in defaults and not key.startswith("model.kwargs."):
+                legacy, mattered = LEGACY_DEFAULTS.get(key, (None, None))
+                a[key] = legacy if mattered is not None and mattered(a) else b[key]
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RESUME_SAFE_KEYS:

@@ -1,28 +1,15 @@
 """Run plans: a list or grid of (notebook, parameters) pairs, shared by `repro batch` and `repro kaggle prepare`.
 
-A plan is YAML:
-
-    defaults:            # merged into every run's parameters (where its notebook declares them)
-      device: cuda
-    runs:
-      - name: slak-t-cifar100
-        notebook: train.ipynb          # a file in notebooks/ (or a path)
-        parameters: {preset: seed-slak-tiny-cifar100}
-    grid:
-      - name: "student-s{seed}"         # formatted from each combination
-        notebook: train.ipynb
-        parameters: {preset: cifar100-student}
-        vary: {seed: [0, 1, 2]}
-    kaggle: {...}        # read by `repro kaggle prepare` only
-
-Grid entries expand to the cartesian product of `vary` (in the order written), each value passed as the
-notebook parameter of the same name, so `vary` keys must be parameters the notebook declares (for config
-keys, list runs with their `overrides` instead).
+A plan is a YAML file in the format of PLAN_FORMAT below (which `repro batch --help` prints). Grid entries
+expand to the cartesian product of `vary` (in the order written), each value passed as the notebook parameter
+of the same name, so `vary` keys must be parameters the notebook declares (for config keys, list runs with
+their `overrides` instead).
 """
 from __future__ import annotations
 
 import itertools
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +19,34 @@ import yaml
 from .errors import ReproError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# The train notebook's parameters, as its parameters cell declares them (a test keeps the two equal).
+TRAIN_NOTEBOOK_PARAMETERS = ("preset", "config_file", "overrides", "out_dir", "max_steps", "time_budget",
+                             "checkpoint_every", "seed", "device", "resume_from", "nproc")
+
+PLAN_FORMAT = """plan format (YAML):
+
+  defaults:                       # merged into the parameters of every run whose notebook declares them
+    device: cuda
+  runs:                           # one notebook execution each
+    - name: slak-t-cifar100       # unique (letters, digits, . _ -); the run folder is OUT/<name>
+      notebook: train.ipynb       # train, evaluate or report (.ipynb) from notebooks/, or a path
+      parameters:                 # names from the notebook's parameters cell
+        preset: seed-slak-tiny-cifar100
+        overrides: ["data.root=/data/cifar", "train.epochs=100"]   # config keys: `repro presets --keys`
+  grid:                           # one run per combination of the `vary` lists
+    - name: "student-s{seed}"     # formatted from each combination
+      notebook: train.ipynb
+      parameters: {preset: cifar100-student}
+      vary: {seed: [0, 1, 2]}     # notebook parameters only; config keys go in `overrides`
+  kaggle: {owner: NAME}           # read by `repro kaggle prepare` only (see kaggle/README.md)
+
+{parameters}
+A parameter the notebook does not declare, a value of another type than the notebook's default, and an
+unknown preset or config key are refused before anything runs (papermill alone would inject an undeclared
+parameter and the notebook would ignore it). Each run gets out_dir=OUT/<name> unless it sets out_dir.
+""".replace("{parameters}", textwrap.fill("train.ipynb declares: " + ", ".join(TRAIN_NOTEBOOK_PARAMETERS) + ".",
+                                       104))
 
 
 @dataclass

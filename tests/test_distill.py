@@ -251,7 +251,8 @@ def test_bad_shapes_raise():
 # ------------------------------------------------------------------ FD
 
 def test_fd_smoothl1_hand_value_and_projection():
-    fd = FDLoss(2, 2, loss="smoothl1", beta=2.0, weight=3.0)
+    # Equal channels have no projector by default (as released); this test sets one to an identity.
+    fd = FDLoss(2, 2, loss="smoothl1", beta=2.0, weight=3.0, projector="always")
     with torch.no_grad():
         fd.projector.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
         fd.projector.bias.zero_()
@@ -260,7 +261,7 @@ def test_fd_smoothl1_hand_value_and_projection():
     # SmoothL1 with beta 2: 0.5 d^2 / 2 for |d| < 2, |d| - 1 otherwise.
     elems = [0.5 * 1 / 2, 3 - 1, 0.5 * 0.25 / 2, 4 - 1]
     assert fd(student, teacher).item() == pytest.approx(3.0 * sum(elems) / 4, rel=1e-6)
-    mse = FDLoss(2, 2, loss="mse")
+    mse = FDLoss(2, 2, loss="mse", projector="always")
     mse.load_state_dict(fd.state_dict())
     assert mse(student, teacher).item() == pytest.approx((1 + 9 + 0.25 + 16) / 4, rel=1e-6)
 
@@ -380,7 +381,7 @@ from repro.distill import (PAPER_PAIRS, PAPER_STUDENTS, PAPER_TEACHERS, Teacher,
 
 # Last-stage channels from the published definitions: SLaK dims x1.3 truncated, timm ConvNeXt, ViT-S, Swin-T.
 PAPER_CHANNELS = {"slak_tiny": 998, "slak_small": 998, "slak_base": 1331, "convnext_tiny": 768, "vit_small": 384,
-                  "swin_tiny": 768, "l2s_convnext_tiny": 768, "convnext_atto": 320, "convnext_femto": 384,
+                  "swin_tiny": 768, "vit_small_l2s": 768, "cswin_tiny": 512, "l2s_convnext_tiny": 768, "convnext_atto": 320, "convnext_femto": 384,
                   "convnext_pico": 512, "convnext_nano": 640, "resnet50": 2048}
 
 
@@ -408,7 +409,7 @@ def test_paper_pairs_channels_and_projectors_at_32_on_meta():
     for p in pairs:
         assert (p.teacher_channels, p.student_channels) == (PAPER_CHANNELS[p.teacher], PAPER_CHANNELS[p.student])
         with torch.device("meta"):
-            fd = FDLoss(p.student_channels, p.teacher_channels)
+            fd = FDLoss(p.student_channels, p.teacher_channels, projector="always")  # also for equal channels
             projected = fd.project(torch.empty(maps[p.student]), maps[p.teacher][-2:])
             loss = fd(torch.empty(maps[p.student]), torch.empty(maps[p.teacher]))
         assert tuple(fd.projector.weight.shape) == (p.teacher_channels, p.student_channels, 1, 1)

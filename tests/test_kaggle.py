@@ -1,6 +1,7 @@
 """repro.kaggle: metadata rules, baked notebooks, offline bundle, chained sessions, pre-flight, CLI wrappers."""
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -103,6 +104,21 @@ def test_generated_kernel_metadata_is_valid():
     assert meta["kernel_type"] == "notebook" and meta["language"] == "python" and meta["is_private"] is True
 
 
+@pytest.mark.parametrize("shape", ["NvidiaTeslaT4", "NvidiaL4X1", "NvidiaL4", "NvidiaH100", "TpuV5E8", "TpuV6E8"])
+def test_the_clients_current_accelerator_ids_are_accepted(shape):
+    meta = {**valid_kernel_meta(), "machine_shape": shape, "enable_gpu": shape.startswith("Nvidia")}
+    assert validate_kernel_metadata(meta) == []
+    assert parse_settings({"owner": "alice", "machine_shape": shape}).enable_gpu == shape.startswith("Nvidia")
+
+
+def test_a_chain_keeps_its_docker_image():
+    def pinning(**kaggle):
+        meta = kernel_metadata(parse_settings({"owner": "alice", **kaggle}), "run", 1, "train.ipynb")
+        return meta.get("docker_image_pinning_type")
+    assert pinning(sessions=3) == "original" and pinning(sessions=1) is None
+    assert pinning(sessions=3, docker_image_pinning_type="latest") == "latest"
+
+
 def _without(key):
     return lambda m: m.pop(key)
 
@@ -127,6 +143,8 @@ def _set(key, value):
     (_set("enable_gpu", "yes"), "enable_gpu should be true or false"),
     (_set("machine_shape", "NvidiaTeslaK80"), "not a Kaggle accelerator id"),
     (_set("machine_shape", "NvidiaTeslaP100"), "retired"),
+    (_set("machine_shape", "NvidiaTeslaT4Highmem"), "internal Kaggle pool, not offered to users"),
+    (_set("docker_image", ""), "docker_image should be an image name"),
     (_set("enable_gpu", False), "is a GPU but enable_gpu is false"),
     (_set("kernel_sources", ["alice/abc"]), "shorter than five characters"),
     (_set("kernel_sources", ["no-owner-slug"]), "kernel_sources[0] should be 'owner/kernel-slug'"),
@@ -200,14 +218,14 @@ def test_prepare_writes_chained_kernel_folders(tmp_path, notebook):
 
     nb = nbformat.read(str(folders[1] / "tiny.ipynb"), as_version=4)
     tags = [c.metadata.get("tags", []) for c in nb.cells]
-    assert tags[0] == [SETUP_TAG] and ["parameters"] in tags and ["injected-parameters"] in tags
+    assert tags[0] == [SETUP_TAG] and ["parameters"] in tags and ["injected-parameters"] not in tags
     setup = nb.cells[0].source
     assert '"--no-index"' in setup and '"--find-links"' in setup and '"repro-lkt"' in setup
     assert "torch" not in setup.split("import repro")[0].replace("torch is never touched", "")
-    injected = nb.cells[tags.index(["injected-parameters"])]
-    assert cell_values(injected) == {"preset": "quickstart-student", "out_dir": "/kaggle/working/run-a",
-                                     "time_budget": "11h"}
-    session = nb.cells[tags.index(["injected-parameters"]) + 1]
+    baked = cell_values(nb.cells[tags.index(["parameters"])])  # the run's values are the cell's own defaults
+    assert {k: baked[k] for k in ("preset", "out_dir", "time_budget")} == {
+        "preset": "quickstart-student", "out_dir": "/kaggle/working/run-a", "time_budget": "11h"}
+    session = nb.cells[tags.index(["parameters"]) + 1]
     assert session.metadata["tags"] == [SESSION_TAG]
     assert "_preflight = preflight()" in session.source
     assert ("resume_from = list(resume_from) + [str(require_previous_session('run-a', 2, "
@@ -220,19 +238,20 @@ def test_prepare_writes_chained_kernel_folders(tmp_path, notebook):
 def test_prepare_session_cell_resolves_nproc_and_input_refs(tmp_path, notebook):
     runs = [{"name": "student", "notebook": str(notebook),
              "parameters": {"nproc": "auto", "overrides": ["distill.teacher=kaggle-input:teacher-run"]}}]
-    plan = write_plan(tmp_path, notebook, {"owner": "alice", "machine_shape": "NvidiaTeslaT4Highmem"}, runs)
+    plan = write_plan(tmp_path, notebook, {"owner": "alice", "machine_shape": "NvidiaTeslaT4"}, runs)
     folder, = prepare_plan(plan, tmp_path / "build")
     nb = nbformat.read(str(folder / "tiny.ipynb"), as_version=4)
     session = next(c for c in nb.cells if c.metadata.get("tags") == [SESSION_TAG]).source
     assert 'nproc = _preflight["world_size"]' in session
     assert "overrides = resolve_input_refs(overrides)" in session
-    assert json.loads((folder / "kernel-metadata.json").read_text())["machine_shape"] == "NvidiaTeslaT4Highmem"
+    assert json.loads((folder / "kernel-metadata.json").read_text())["machine_shape"] == "NvidiaTeslaT4"
 
 
 @pytest.mark.parametrize("kaggle,runs,expected", [
     ({"owner": "alice", "machine": "NvidiaTeslaT4"}, None, "did you mean machine_shape"),
     ({"owner": "alice", "machine_shape": "NvidiaTeslaP100"}, None, "is retired"),
-    ({"owner": "alice", "machine_shape": "TeslaT4"}, None, "not an accelerator id"),
+    ({"owner": "alice", "machine_shape": "TeslaT4"}, None, "not a Kaggle accelerator id"),
+    ({"owner": "alice", "machine_shape": "NvidiaTeslaT4Highmem"}, None, "internal Kaggle pool"),
     ({"owner": "alice", "sessions": 0}, None, "sessions should be 1 or more"),
     ({"owner": "alice", "sessions": "2"}, None, "kaggle.sessions expects int"),
     ({"owner": "alice", "time_budget": "13h"}, None, "at most 11h30m"),
@@ -400,8 +419,8 @@ def test_chained_session_resumes_from_kaggle_input(tmp_path, monkeypatch):
         assert second["status"] == "complete" and second["steps_done"] == second["steps_total"]
         assert second["resumes"] == 1
         # The last session's output holds the whole run's history: epoch 1 (session 1) and epoch 2.
-        lines = (kaggle / "working" / "run" / "metrics.jsonl").read_text().splitlines()
-        metrics = [json.loads(line) for line in lines]
+        from repro.report.runs import read_metrics
+        metrics = read_metrics(kaggle / "working" / "run" / "metrics.jsonl")  # the evaluation rows
         assert [(m["epoch"], m["step"]) for m in metrics] == [(1, 2), (2, 4)]
 
         rows = chain_status([kaggle / "input", kaggle / "working"])
@@ -457,10 +476,11 @@ def test_a_client_that_cannot_start_is_named_as_such(monkeypatch):
     monkeypatch.setattr(official, "kaggle_command",
                         lambda: [sys.executable, "-c", "import no_such_module_for_kaggle"])
     with pytest.raises(ReproError, match="installed but cannot start.*ModuleNotFoundError"):
-        official.run_kaggle(["kernels", "status", "alice/abcde"], capture=True)
+        official.run_kaggle(["kernels", "status", "alice/abcde"])
     monkeypatch.setattr(official, "kaggle_command", lambda: [sys.executable, "-c", "raise SystemExit(1)"])
-    with pytest.raises(ReproError, match="kaggle auth login"):
-        official.run_kaggle(["kernels", "status", "alice/abcde"], capture=True)
+    with pytest.raises(ReproError, match=r"was refused \(exit status 1\): no output") as exc:
+        official.run_kaggle(["kernels", "status", "alice/abcde"])
+    assert "credentials" not in str(exc.value)  # only a 401/403 is about credentials
 
 
 # ------------------------------------------------------------------------------------ inputs on Kaggle
@@ -549,7 +569,10 @@ def test_parse_status_and_kernel_refs(tmp_path):
 
 def test_push_validates_and_waits_for_the_previous_session(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(official, "run_kaggle", lambda args, capture=False: calls.append(args))
+    pushed = "Kernel version 2 successfully pushed.  Please check progress at https://www.kaggle.com/code/x"
+    monkeypatch.setattr(official, "run_kaggle", lambda args, **kw: calls.append(args) or
+                        subprocess.CompletedProcess(args, 0, pushed, ""))
+    monkeypatch.setattr(official, "kernel_docker_image", lambda ref: None)
     folder = tmp_path / "s2"
     folder.mkdir()
     meta = valid_kernel_meta()
@@ -558,13 +581,18 @@ def test_push_validates_and_waits_for_the_previous_session(tmp_path, monkeypatch
     with pytest.raises(ReproError, match="enable_internet is true"):
         official.push(folder)
     (folder / "kernel-metadata.json").write_text(json.dumps(meta))
-    monkeypatch.setattr(official, "kernel_status", lambda ref: "running")
+    monkeypatch.setattr(official, "kernel_state", lambda ref: {"status": "running", "failure_message": None})
     with pytest.raises(ReproError, match="repro-slak-tiny-cifar100-s1 has status 'running'"):
         official.push(folder)
     assert calls == []
-    monkeypatch.setattr(official, "kernel_status", lambda ref: "complete")
-    assert official.push(folder) == meta["id"]
+    monkeypatch.setattr(official, "kernel_state", lambda ref: {"status": "complete", "failure_message": None})
+    with pytest.raises(ReproError, match="no version of it is known here.*--previous-version N"):
+        official.push(folder)
+    record = official.push(folder, previous_version=3)
+    assert (record["id"], record["version"]) == (meta["id"], 2)
     assert calls == [["kernels", "push", "-p", str(folder)]]
+    pinned = json.loads((folder / "kernel-metadata.json").read_text())
+    assert pinned["kernel_sources"] == ["alice/repro-slak-tiny-cifar100-s1/3"]
 
 
 def test_cli_prepare_and_status(tmp_path, notebook, capsys):
@@ -596,8 +624,8 @@ def test_prepared_notebooks_run_a_chain_in_a_simulated_kaggle(tmp_path, monkeypa
     s1, s2 = prepare_plan(plan, tmp_path / "build")
     # Session 1 stops early: a max_steps added to its baked parameters stands in for the time budget.
     nb = nbformat.read(str(s1 / "train.ipynb"), as_version=4)
-    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
-    injected.source += "max_steps = 2\n"
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += "max_steps = 2\n"
     nbformat.write(nb, str(s1 / "train.ipynb"))
     monkeypatch.setenv("REPRO_KAGGLE_ROOT", str(kaggle))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
@@ -613,7 +641,8 @@ def test_prepared_notebooks_run_a_chain_in_a_simulated_kaggle(tmp_path, monkeypa
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["steps_done"] == summary["steps_total"]
     assert summary["resumes"] == 1
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # both epochs, across the two sessions
+    from repro.report.runs import read_metrics
+    assert len(read_metrics(run / "metrics.jsonl")) == 2  # both epochs' evaluations, across the two sessions
     log = "".join(o.get("text", "") for c in nbformat.read(str(tmp_path / "s2.ipynb"), 4).cells
                   for o in c.get("outputs", []))
     assert "session 2: resuming chain from" in log and "precision  fp32" in log
@@ -628,3 +657,252 @@ def test_prepared_notebooks_run_a_chain_in_a_simulated_kaggle(tmp_path, monkeypa
 def test_preflight_checks_the_train_arguments_before_the_gpu(train_args, expected, capsys):
     assert main(["kaggle", "preflight", "--", *train_args]) == 2
     assert expected in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the real client against a stand-in server
+
+class _StandIn:
+    """A local stand-in for Kaggle's API: the installed client reaches it through an HTTP proxy on loopback
+    (KAGGLE_API_ENVIRONMENT=LOCALHOST), so every request the client makes is answered here and recorded."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.calls: list[tuple[str, dict]] = []
+        self.answers: dict[str, tuple[int, dict]] = {}
+        self.files: dict[str, bytes] = {}
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _reply(self, status: int, body: bytes, kind: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802 - the http.server API
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                rpc = self.path.rsplit("/", 1)[-1]
+                stand_in.calls.append((rpc, body))
+                default = (200, {"active": True, "username": "alice"}) if rpc == "IntrospectToken" \
+                    else (404, {"code": 404, "message": "Not found"})
+                status, answer = stand_in.answers.get(rpc, default)
+                if isinstance(answer, str):  # an error page rather than a JSON error
+                    self._reply(status, answer.encode(), "text/html")
+                else:
+                    self._reply(status, json.dumps(answer).encode(), "application/json")
+
+            def do_GET(self):  # noqa: N802
+                name = self.path.rsplit("/files/", 1)[-1]
+                self._reply(200, stand_in.files[name], "application/octet-stream") if name in stand_in.files \
+                    else self._reply(404, b"missing", "text/plain")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def rpcs(self) -> list[str]:
+        return [rpc for rpc, _ in self.calls if rpc != "IntrospectToken"]
+
+    def body(self, rpc: str) -> dict:
+        return [b for r, b in self.calls if r == rpc][-1]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def kaggle_api(tmp_path, monkeypatch):
+    import importlib.util
+    if importlib.util.find_spec("kaggle") is None:
+        pytest.skip("the kaggle extra is not installed")
+    stand_in = _StandIn()
+    for name in ("NO_PROXY", "no_proxy", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_KERNEL_RUN_TYPE", "HTTPS_PROXY",
+                 "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    for name, value in (("KAGGLE_API_ENVIRONMENT", "LOCALHOST"), ("KAGGLE_API_TOKEN", "test-token"),
+                        ("HOME", str(home)), ("HTTP_PROXY", f"http://127.0.0.1:{stand_in.port}"),
+                        ("http_proxy", f"http://127.0.0.1:{stand_in.port}")):
+        monkeypatch.setenv(name, value)
+    yield stand_in
+    stand_in.close()
+
+
+def _pushed(version: int, ref: str) -> tuple[int, dict]:
+    return 200, {"ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}", "versionNumber": version,
+                 "error": ""}
+
+
+@pytest.fixture
+def chain(tmp_path, notebook):
+    """Kernel folders of a two-session run, as `repro kaggle prepare` writes them."""
+    plan = write_plan(tmp_path, notebook, {"owner": "alice", "sessions": 2}, runs=[
+        {"name": "run-a", "notebook": str(notebook), "parameters": {"preset": "quickstart-student"}}])
+    return prepare_plan(plan, tmp_path / "build")
+
+
+def test_a_refused_push_is_not_reported_as_pushed(kaggle_api, chain, capsys):
+    s1, _ = chain
+    kaggle_api.answers["GetDataset"] = (200, {"currentVersionNumber": 3})
+    kaggle_api.answers["SaveKernel"] = (200, {"error": "Notebook title is already in use by another notebook"})
+    # The client itself prints the refusal and exits 0.
+    assert main(["kaggle", "push", str(s1)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("error: Kaggle refused the push of alice/repro-run-a-s1: Notebook title is already in "
+                            "use by another notebook\n")
+    assert "pushed" not in captured.out and not (s1 / official.PUSHED_FILE).exists()
+
+
+def test_pushes_pin_the_chain_to_the_versions_it_started_with(kaggle_api, chain, capsys):
+    s1, s2 = chain
+    kaggle_api.answers["GetDataset"] = (200, {"currentVersionNumber": 3})
+    kaggle_api.answers["SaveKernel"] = _pushed(4, "alice/repro-run-a-s1")
+    assert main(["kaggle", "push", str(s1)]) == 0
+    out = capsys.readouterr().out
+    assert "pushed alice/repro-run-a-s1 version 4: https://www.kaggle.com/code/alice/repro-run-a-s1" in out
+    assert "pinned: code alice/repro-lkt-code/3" in out
+    sent = kaggle_api.body("SaveKernel")
+    assert sent["datasetDataSources"] == ["alice/repro-lkt-code/3"] and sent["enableInternet"] is False
+    assert json.loads((s1 / official.PUSHED_FILE).read_text())["version"] == 4
+
+    # Meanwhile a new code version was uploaded: session 2 keeps the chain's, attaches session 1's version
+    # and runs on its image.
+    image = "gcr.io/kaggle-images/python@sha256:0123abcd"
+    kaggle_api.answers["GetDataset"] = (200, {"currentVersionNumber": 5})
+    kaggle_api.answers["GetKernelSessionStatus"] = (200, {"status": "COMPLETE"})
+    kaggle_api.answers["GetKernel"] = (200, {
+        "metadata": {"ref": "alice/repro-run-a-s1", "dockerImage": image, "language": "python",
+                     "kernelType": "notebook"},
+        "blob": {"source": "{}", "language": "python", "kernelType": "notebook"}})
+    kaggle_api.answers["SaveKernel"] = _pushed(1, "alice/repro-run-a-s2")
+    record = official.push(s2)
+    sent = kaggle_api.body("SaveKernel")
+    assert sent["kernelDataSources"] == ["alice/repro-run-a-s1/4"]
+    assert sent["datasetDataSources"] == ["alice/repro-lkt-code/3"]
+    assert sent["dockerImage"] == image and sent["dockerImagePinningType"] == "original"
+    assert kaggle_api.body("GetKernelSessionStatus") == {"userName": "alice", "kernelSlug": "repro-run-a-s1"}
+    assert record["pinned"] == {"kernel": "alice/repro-run-a-s1/4", "code_dataset": "alice/repro-lkt-code/3",
+                                "docker_image": image}
+
+
+@pytest.mark.parametrize("answer,expected,credentials", [
+    ((404, {"code": 404, "message": "Not found"}), "no such kernel alice/nope-kernel", False),
+    ((400, "<html>Bad Request</html>"), "Kaggle rejected `kaggle kernels status alice/nope-kernel` as a bad "
+     "request: 400 Client Error: Bad Request", False),
+    ((400, {"code": 400, "message": "Invalid kernel slug"}),
+     "`kaggle kernels status alice/nope-kernel` was refused (exit status 1): Invalid kernel slug", False),
+    ((403, {"code": 403, "message": "Permission denied"}), "no such kernel alice/nope-kernel", False),
+    ((500, {"code": 500, "message": "Internal error"}), "a problem on Kaggle's side", False),
+])
+def test_client_errors_come_as_one_line_with_advice(kaggle_api, answer, expected, credentials):
+    kaggle_api.answers["GetKernelSessionStatus"] = answer
+    with pytest.raises(ReproError, match=re.escape(expected)) as exc:
+        official.kernel_status("alice/nope-kernel")
+    message = str(exc.value)
+    assert "\n" not in message and "usage:" not in message and "Option A" not in message
+    assert ("credentials" in message) == credentials
+
+
+def test_push_errors_by_status(kaggle_api, chain):
+    s1, _ = chain
+    kaggle_api.answers["GetDataset"] = (200, {"currentVersionNumber": 3})
+    kaggle_api.answers["SaveKernel"] = (400, {"code": 400, "message": "Invalid machine shape"})
+    with pytest.raises(ReproError, match="Kaggle refused the push of alice/repro-run-a-s1: Invalid machine shape$"):
+        official.push(s1)
+    kaggle_api.answers["SaveKernel"] = (403, {"code": 403, "message": "Permission denied"})
+    with pytest.raises(ReproError, match="refused access to alice/repro-run-a-s1 .*kaggle auth login"):
+        official.push(s1)
+    kaggle_api.answers.pop("GetDataset")
+    with pytest.raises(ReproError, match="no such dataset alice/repro-lkt-code .*kaggle datasets create"):
+        official.push(s1)
+
+
+def test_bad_credentials_and_no_network(kaggle_api, monkeypatch):
+    kaggle_api.answers["IntrospectToken"] = (200, {"active": False})
+    with pytest.raises(ReproError, match=r"did not accept the credentials .*\(401\); sign in with `kaggle auth "
+                                         "login`") as exc:
+        official.kernel_status("alice/some-kernel")
+    assert "\n" not in str(exc.value)
+    port = kaggle_api.port
+    kaggle_api.close()  # nothing listens there any more
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    with pytest.raises(ReproError, match=r"could not reach Kaggle \(network\)") as exc:
+        official.kernel_status("alice/some-kernel")
+    assert "credentials" not in str(exc.value)
+    kaggle_api.close = lambda: None
+
+
+def test_status_passes_the_failure_message_through(kaggle_api, capsys):
+    kaggle_api.answers["GetKernelSessionStatus"] = (200, {"status": "ERROR",
+                                                          "failureMessage": "CUDA error: out of memory"})
+    assert official.kernel_state("alice/repro-run-a-s1") == {"status": "error",
+                                                            "failure_message": "CUDA error: out of memory"}
+    assert main(["kaggle", "status", "alice/repro-run-a-s1"]) == 0
+    assert capsys.readouterr().out == "alice/repro-run-a-s1: error\n  failure message: CUDA error: out of memory\n"
+    kaggle_api.answers["GetKernelSessionStatus"] = (200, {"status": "CANCEL_ACKNOWLEDGED"})
+    assert official.kernel_status("alice/repro-run-a-s1") == "cancel_acknowledged" in official.STATUSES
+
+
+def test_output_downloads_the_run_records_by_default(kaggle_api, tmp_path):
+    names = ["run-a/summary.json", "run-a/metrics.jsonl", "run-a/config.yaml", "__notebook__.ipynb",
+             "run-a/checkpoints/ckpt-00000010.pt", "run-a/checkpoints/ckpt-00000010.pt.sha256",
+             "run-a/weights-final.pt", "run-a/tb/events.out.tfevents.1"]
+    kaggle_api.files = {name.replace("/", "_"): f"content of {name}".encode() for name in names}
+    kaggle_api.answers["ListKernelSessionOutput"] = (200, {
+        "files": [{"fileName": n, "url": f"http://localhost/files/{n.replace('/', '_')}"} for n in names],
+        "log": "[{\"data\": \"session log\"}]"})
+
+    def files(folder):
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+    dest = official.download_output("alice/repro-run-a-s1", tmp_path / "records")
+    assert files(dest) == ["__notebook__.ipynb", "repro-run-a-s1.log", "run-a/config.yaml", "run-a/metrics.jsonl",
+                           "run-a/summary.json"]
+    assert (dest / "run-a" / "summary.json").read_text() == "content of run-a/summary.json"
+    dest = official.download_output("alice/repro-run-a-s1", tmp_path / "ckpt", checkpoints=True)
+    assert "run-a/checkpoints/ckpt-00000010.pt" in files(dest) and "run-a/weights-final.pt" in files(dest)
+    assert "run-a/tb/events.out.tfevents.1" not in files(dest)
+    dest = official.download_output("alice/repro-run-a-s1", tmp_path / "pattern", file_pattern=r"summary\.json$")
+    assert files(dest) == ["repro-run-a-s1.log", "run-a/summary.json"]
+    assert len(files(official.download_output("alice/repro-run-a-s1", tmp_path / "all", everything=True))) == 9
+
+
+def test_a_failed_download_leaves_no_empty_folder(kaggle_api, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["kaggle", "output", "alice/nope-kernel"]) == 2  # the stand-in knows no such kernel
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ReproError, match="no such kernel alice/nope-kernel"):
+        official.download_output("alice/nope-kernel", tmp_path / "mine" / "a" / "b")
+    assert (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / "a").exists()
+    with pytest.raises(ReproError, match="not a regular expression"):
+        official.download_output("alice/nope-kernel", tmp_path / "x", file_pattern="(")
+
+
+@pytest.mark.parametrize("stdout,stderr,kind,expected", [
+    ("", "Not found\n\nThe resource was not found. Check the spelling of the reference you passed.\n", "push",
+     "answered 404 to `kaggle kernels push -p F` (Not found): something it names does not exist"),
+    ("", "Not found\n\nThe resource was not found. Check the spelling", "dataset", "no such dataset alice/x-data"),
+    ("", "429 Client Error: Too Many Requests for url: http://x\n\nYou have been rate limited.", "kernel",
+     "rate-limiting"),
+    ("", "usage: kaggle kernels output [-h]\nkaggle: error: unrecognized arguments: --file-pattern x", "kernel",
+     "does not know `kaggle kernels push -p F` (kaggle: error: unrecognized arguments"),
+    ("", "Traceback (most recent call last):\n  File \"x\", line 1\nrequests.exceptions.ConnectionError: "
+     "HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries exceeded", "kernel",
+     "could not reach Kaggle (network) for `kaggle kernels push -p F`: requests.exceptions.ConnectionError"),
+])
+def test_client_error_advice_by_status(stdout, stderr, kind, expected):
+    proc = subprocess.CompletedProcess([], 1, stdout, stderr)
+    ref = "alice/x-data" if kind == "dataset" else "alice/some-kernel"
+    message = str(official.client_error(["kernels", "push", "-p", "F"], proc, ref=ref, kind=kind))
+    assert expected in message and "\n" not in message
+    assert "credentials" not in message

@@ -336,7 +336,9 @@ def test_every_model_shapes_on_meta(name, img):
         logits, fmap = logits_and_features(model, torch.empty(2, 3, img, img))
     assert logits.shape == (2, 7)
     assert fmap.ndim == 4 and fmap.shape[:2] == (2, feature_channels(model))
-    side = {'vit_small': img // 4 if img < 224 else img // 16, 'swin_tiny': img // 16 if img < 224 else img // 32}
+    side = {'vit_small': img // 4 if img < 224 else img // 16, 'swin_tiny': img // 16 if img < 224 else img // 32,
+            'vit_small_l2s': img // 4 if img < 224 else img // 16,
+            'cswin_tiny': img // 16 if img < 224 else img // 32}
     assert fmap.shape[-2:] == (side.get(name, img // 32),) * 2
 
 

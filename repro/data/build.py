@@ -124,11 +124,13 @@ def build_data(cfg: DataConfig, *, num_classes_expected: int | None = None) -> D
                       std=tuple(std), eval_split=eval_split, info=info, classes=list(classes))
 
 
-def build_robustness_sets(cfg: DataConfig, *, wnids: list[str] | None = None) -> dict[str, Dataset]:
+def build_robustness_sets(cfg: DataConfig, *, wnids: list[str] | None = None,
+                          required: bool = True) -> dict[str, Dataset]:
     """ImageNet-A/-R/-Sketch style sets under cfg.robustness_root, each with `class_index_map`.
 
     `wnids` is the head's class order (e.g. `imagenet_wnids(train_dir)`); by default the standard sorted
-    ImageNet-1K list, which is the order of every model trained on the ImageNet train folder.
+    ImageNet-1K list, which is the order of every model trained on the ImageNet train folder. Without any such
+    set: an error, or {} when not `required` (the folder may hold ImageNet-C alone).
     """
     from .folders import imagenet_wnids, load_robustness_folder, robustness_folders
 
@@ -139,4 +141,33 @@ def build_robustness_sets(cfg: DataConfig, *, wnids: list[str] | None = None) ->
     mean, std = dataset_mean_std("imagenet")
     tf = eval_transform(cfg.img_size, mean=mean, std=std)
     return {name: load_robustness_folder(path, wnids=wnids, transform=tf)
-            for name, path in robustness_folders(Path(cfg.robustness_root)).items()}
+            for name, path in robustness_folders(Path(cfg.robustness_root), required=required).items()}
+
+
+def build_imagenet_c_sets(cfg: DataConfig, *, corruptions: list[str] | None = None,
+                          severities: list[int] | None = None,
+                          wnids: list[str] | None = None) -> dict[tuple[str, int], Dataset]:
+    """ImageNet-C (<corruption>/<severity>/<wnid>/ folders at or below cfg.robustness_root) as
+    {(corruption, severity): dataset with `class_index_map`}, evaluated like ImageNet val (resize, centre crop,
+    as the authors' robustness script does). {} when the folder holds no ImageNet-C tree."""
+    from .folders import imagenet_c_folders, imagenet_wnids, load_robustness_folder
+
+    if not cfg.robustness_root:
+        raise ReproError("no robustness sets configured: pass --set data.robustness_root=FOLDER (the folder "
+                         "holding ImageNet-C's <corruption>/<severity>/ folders, or its parent)")
+    root = Path(cfg.robustness_root).expanduser()
+    if not root.is_dir():
+        raise ReproError(f"data.robustness_root {root} does not exist; point it at the ImageNet-C folder "
+                         "(<corruption>/<severity 1-5>/<wnid>/ images) or at a folder holding it")
+    wnids = list(wnids) if wnids is not None else imagenet_wnids()
+    mean, std = dataset_mean_std("imagenet")
+    tf = eval_transform(cfg.img_size, mean=mean, std=std)
+    sets = {}
+    for corruption, levels in imagenet_c_folders(root).items():
+        if corruptions is not None and corruption not in corruptions:
+            continue
+        for severity, path in levels.items():
+            if severities is None or severity in severities:
+                sets[corruption, severity] = load_robustness_folder(
+                    path, wnids=wnids, transform=tf, label=f"ImageNet-C {corruption} severity {severity}")
+    return sets

@@ -5,6 +5,10 @@ with torchvision's CIFAR classes. torchvision's own check compares MD5 sums and 
 message; here every file is checked for presence and structure with a message naming it, and the MD5 sums
 of the official release are compared separately: a structurally valid copy that differs (a modified or
 re-pickled dataset) loads with a `DataWarning`, since its numbers would not compare to published ones.
+
+Both kinds of pickle found in the wild load: the release's Python 2 pickles, whose keys read as 'data' with
+torchvision's latin-1 decoding, and copies re-saved from Python 3 after reading with `encoding='bytes'`, whose
+keys (and class names) are byte strings such as b'data' and b'fine_labels'.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
+
+import numpy as np
 
 from ..errors import ReproError
 from .locate import SearchRoot, find_all, find_first, places, search_roots
@@ -69,27 +75,47 @@ def _torchvision_class(name: str):
 
 @functools.lru_cache(maxsize=None)
 def _reader_class(name: str):
-    """torchvision's CIFAR reader, pointed at the folder itself and with file checks done by this module."""
+    """torchvision's CIFAR dataset class reading the folder itself (pickles with text or byte-string keys), with
+    the file checks done by this module."""
+    from torchvision.datasets import VisionDataset
+
     spec = CIFAR_SPECS[name]
 
     class Reader(_torchvision_class(name)):
         base_folder = ""  # `root` is the folder holding the pickles, whatever it is called
+
+        def __init__(self, root: str, train: bool = True) -> None:
+            # torchvision's own reading indexes the pickles with str keys only; this one takes bytes keys too.
+            VisionDataset.__init__(self, root)
+            self.train = train
+            files = spec.train_files if train else spec.test_files
+            entries = [_unpickle(Path(root) / name) for name in files]
+            self.data = np.vstack([e["data"] for e in entries]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+            self.targets = [int(t) for e in entries for t in e[spec.labels_key]]
+            self._load_meta()
 
         def _check_integrity(self) -> bool:
             return True  # presence and structure were checked by load_cifar, MD5 sums by _official_release
 
         def _load_meta(self) -> None:
             meta = _unpickle(Path(self.root) / spec.meta_file)
-            self.classes = list(meta[spec.names_key])
+            self.classes = [_text(c) for c in meta[spec.names_key]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     Reader.__name__ = Reader.__qualname__ = f"{name.upper()}Pickles"
     return Reader
 
 
-def _unpickle(path: Path) -> dict:
+def _text(value):
+    """A byte string decoded as the release's latin-1 text; anything else unchanged."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def _unpickle(path: Path):
+    """One release file; a dict's byte-string keys (a copy re-saved from Python 3) become text keys."""
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")  # the release is Python 2 pickles of byte strings
+        obj = pickle.load(f, encoding="latin1")  # the release is Python 2 pickles of byte strings
+    return {_text(k): v for k, v in obj.items()} if isinstance(obj, dict) else obj
 
 
 def _problem(path: Path, spec: CifarSpec) -> str | None:
@@ -101,16 +127,20 @@ def _problem(path: Path, spec: CifarSpec) -> str | None:
     if not isinstance(obj, dict):
         return f"holds a {type(obj).__name__}, expected a dict"
     if path.name == spec.meta_file:
-        return None if spec.names_key in obj else f"has no '{spec.names_key}' entry (keys: {sorted(obj)})"
+        return None if spec.names_key in obj else f"has no '{spec.names_key}' entry (keys: {_keys(obj)})"
     missing = [k for k in ("data", spec.labels_key) if k not in obj]
     if missing:
-        return f"has no {' or '.join(repr(k) for k in missing)} entry (keys: {sorted(obj)})"
+        return f"has no {' or '.join(repr(k) for k in missing)} entry (keys: {_keys(obj)})"
     data, labels = obj["data"], obj[spec.labels_key]
     shape = getattr(data, "shape", None)
     if shape is None or len(shape) != 2 or shape[1] != 3 * 32 * 32 or shape[0] != len(labels):
         return (f"holds data of shape {shape} for {len(labels)} labels; expected one row of 3072 values "
                 "(3x32x32) per label")
     return None
+
+
+def _keys(obj: dict) -> str:
+    return ", ".join(sorted(map(str, obj))) or "none"
 
 
 def _raise_bad_file(folder: Path, spec: CifarSpec, files: tuple[str, ...], exc: Exception | None) -> NoReturn:

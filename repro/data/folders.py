@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import ReproError
-from .locate import find_all, find_first, places, search_roots
+from .locate import find_all, find_first, places, search_roots, walk_dirs
 
 WNID = re.compile(r"^n\d{8}$")
 IMAGENET_NUM_CLASSES = 1000
@@ -143,8 +143,9 @@ def load_robustness_folder(path: str | Path, *, wnids: Sequence[str], transform:
     return ds
 
 
-def robustness_folders(root: str | Path) -> dict[str, Path]:
-    """{name: folder} for ImageNet-A/-R/-Sketch style sets: `root` itself or each sub-folder of wnid folders."""
+def robustness_folders(root: str | Path, *, required: bool = True) -> dict[str, Path]:
+    """{name: folder} for ImageNet-A/-R/-Sketch style sets: `root` itself or each sub-folder of wnid folders
+    (none found: an error, or {} when not `required`)."""
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise ReproError(f"data.robustness_root {root} does not exist; point it at a folder of wnid class "
@@ -152,7 +153,23 @@ def robustness_folders(root: str | Path) -> dict[str, Path]:
     if _has_wnid_folders(root):
         return {root.name: root}
     sets = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and _has_wnid_folders(p)}
-    if not sets:
+    if not sets and required:
         raise ReproError(f"data.robustness_root {root} holds no wnid class folders (n01440764/ ...) directly or "
                          "one level down; expected e.g. imagenet-a/n01498041/*.jpg")
     return sets
+
+
+def imagenet_c_folders(root: str | Path, max_depth: int = 3) -> dict[str, dict[int, Path]]:
+    """{corruption: {severity: folder of wnid class folders}} for ImageNet-C trees (<corruption>/<1-5>/<wnid>/)
+    at or up to `max_depth` levels below `root` (the release extracts flat or grouped as noise/, blur/, ...);
+    the first tree found for a corruption wins."""
+    from .corruptions import ALL_CORRUPTIONS, SEVERITIES
+
+    found: dict[str, dict[int, Path]] = {}
+    for folder in walk_dirs(Path(root).expanduser().absolute(), max_depth):
+        if folder.name not in ALL_CORRUPTIONS or folder.name in found:
+            continue
+        levels = {s: folder / str(s) for s in SEVERITIES if _has_wnid_folders(folder / str(s))}
+        if levels:
+            found[folder.name] = levels
+    return {c: found[c] for c in ALL_CORRUPTIONS if c in found}

@@ -8,7 +8,8 @@ The formulas follow the released code of the papers (see PAPERS.md, "Distillatio
 - KD and its "hard" variant as in the large-kernel-teacher KD code (Huang et al., ICML 2023);
 - NKD as released with that code (Yang et al. 2022, "Rethinking Knowledge Distillation via Cross-Entropy");
 - DKD as in mdistiller (Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation");
-- FD: SmoothL1 (beta 2) between a 1x1-conv projection of the student's last feature map and the teacher's.
+- FD: SmoothL1 (beta 2) between the student's last feature map, through a 1x1-conv projector when its channels
+  differ from the teacher's (compared directly when they are equal, as released), and the teacher's.
 
 All logit losses compute in float32 (autocast would run softmax/log in float32 anyway), so the value does
 not depend on the precision the logits were produced in.
@@ -23,7 +24,7 @@ from ..errors import ReproError
 
 __all__ = [
     "KDLoss", "NKDLoss", "DKDLoss", "FDLoss", "DistillCriterion", "build_distill_loss", "METHODS",
-    "DEFAULTS", "cross_entropy", "hard_labels",
+    "DEFAULTS", "FD_PROJECTORS", "cross_entropy", "hard_labels",
 ]
 
 # The methods a DistillCriterion combines; "fd" alone is cross-entropy plus feature distillation.
@@ -36,8 +37,12 @@ DEFAULTS = {
     "hard": {},
     "nkd": {"temperature": 1.0, "alpha": 1.0},
     "dkd": {"temperature": 4.0, "alpha": 1.0, "beta": 8.0},
-    "fd": {"weight": 1.0, "loss": "smoothl1", "beta": 2.0},
+    "fd": {"weight": 1.0, "loss": "smoothl1", "beta": 2.0, "projector": "auto"},
 }
+
+# When FD puts a 1x1-conv projector on the student's map: 'auto' only if the channel counts differ (the
+# released code compares equal maps, e.g. a ConvNeXt-T teacher's and student's, directly), 'always' also then.
+FD_PROJECTORS = ("auto", "always")
 
 
 def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -261,8 +266,10 @@ class FDLoss(nn.Module):
 
     The projector is a 1x1 convolution from the student's to the teacher's channel count, trained with the
     student (its parameters belong in the optimizer and the checkpoint); it is initialised like the
-    ConvNeXt convolutions (truncated normal, std 0.02, zero bias). When the spatial sizes differ (e.g. a
-    ViT teacher's 14x14 token grid against a ConvNeXt student's 7x7 map), the projected student map is
+    ConvNeXt convolutions (truncated normal, std 0.02, zero bias). With `projector='auto'` it exists only
+    when the channel counts differ: equal maps are compared directly, as the released code does with a
+    ConvNeXt-T teacher, and the loss then has no parameters. When the spatial sizes differ (e.g. a ViT
+    teacher's 14x14 token grid against a ConvNeXt student's 7x7 map), the (projected) student map is
     resized to the teacher's size by bilinear interpolation with align_corners=False. The loss is computed
     in float32 with mean reduction.
 
@@ -272,13 +279,17 @@ class FDLoss(nn.Module):
         loss: 'smoothl1' (released default) or 'mse'.
         weight: multiplier of the loss (the released --lr_fd, default 1).
         beta: SmoothL1 transition point (2.0 as released); unused for 'mse'.
+        projector: 'auto' (a projector only for differing channel counts, as released) or 'always'.
     """
 
     def __init__(self, student_channels: int, teacher_channels: int, loss: str = "smoothl1", weight: float = 1.0,
-                 beta: float = 2.0):
+                 beta: float = 2.0, projector: str = "auto"):
         super().__init__()
         if loss not in ("smoothl1", "mse"):
             raise ReproError(f"FD loss must be 'smoothl1' or 'mse', found {loss!r}.")
+        if projector not in FD_PROJECTORS:
+            raise ReproError(f"FD projector must be one of {', '.join(FD_PROJECTORS)}, found {projector!r}; "
+                             f"set distill.fd_projector=auto (the released behaviour) or always.")
         if int(student_channels) <= 0 or int(teacher_channels) <= 0:
             raise ReproError(f"FD needs positive channel counts, found student {student_channels}, "
                              f"teacher {teacher_channels}.")
@@ -287,9 +298,29 @@ class FDLoss(nn.Module):
         self.loss = loss
         self.weight = float(weight)
         self.beta = float(beta)
-        self.projector = nn.Conv2d(self.student_channels, self.teacher_channels, kernel_size=1)
-        nn.init.trunc_normal_(self.projector.weight, std=0.02)
-        nn.init.zeros_(self.projector.bias)
+        self.projector_mode = projector
+        self.projector: nn.Conv2d | None = None
+        if projector == "always" or self.student_channels != self.teacher_channels:
+            self.projector = nn.Conv2d(self.student_channels, self.teacher_channels, kernel_size=1)
+            nn.init.trunc_normal_(self.projector.weight, std=0.02)
+            nn.init.zeros_(self.projector.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A checkpoint with a projector cannot resume a loss without one (or the reverse): say which setting fits.
+        saved = any(k.startswith(prefix + "projector.") for k in state_dict)
+        if saved and self.projector is None:
+            raise ReproError(
+                f"the checkpoint's FD loss has a projector ({self.student_channels} -> {self.teacher_channels} "
+                f"channels), this one has none (fd_projector={self.projector_mode!r} with equal channels); "
+                f"resume it with --set distill.fd_projector=always.")
+        if not saved and self.projector is not None and strict:
+            raise ReproError(
+                f"the checkpoint's FD loss has no projector, this one has a {self.student_channels} -> "
+                f"{self.teacher_channels} projector (fd_projector={self.projector_mode!r}); resume it with "
+                f"--set distill.fd_projector=auto, with the teacher and student it was trained with.")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def project(self, student_map: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Student map in the teacher's channels (and, given `size`, at that spatial size)."""
@@ -297,7 +328,7 @@ class FDLoss(nn.Module):
             raise ReproError(
                 f"FD expected a student feature map with {self.student_channels} channels (B, C, H, W); found "
                 f"shape {tuple(student_map.shape)}. Build the FD loss with the student's feature_channels().")
-        out = self.projector(student_map)
+        out = self.projector(student_map) if self.projector is not None else student_map
         if size is not None and tuple(out.shape[-2:]) != tuple(size):
             out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
         return out
@@ -319,7 +350,8 @@ class FDLoss(nn.Module):
         return self.weight * loss
 
     def extra_repr(self) -> str:
-        return f"loss={self.loss!r}, weight={self.weight}, beta={self.beta}"
+        return (f"loss={self.loss!r}, weight={self.weight}, beta={self.beta}, "
+                f"projector={self.projector_mode!r}")
 
 
 class DistillCriterion(nn.Module):
@@ -327,7 +359,7 @@ class DistillCriterion(nn.Module):
 
     Methods: 'kd', 'hard', 'nkd', 'dkd' (logit losses, each with its own CE handling as released),
     'fd' (CE + FD, the released FD-only path uses the run's own criterion), 'kd+fd', 'nkd+fd'.
-    The only parameters it holds are those of the FD projector: add `criterion.parameters()` to the
+    The only parameters it holds are those of the FD projector, if any: add `criterion.parameters()` to the
     optimizer and save `criterion.state_dict()` with the student. The teacher is never held here.
 
     Args:
@@ -390,8 +422,9 @@ def _check_method(method: str) -> str:
 def build_distill_loss(method: str, *, temperature: float | None = None, alpha: float | None = None,
                        beta: float | None = None, student_channels: int | None = None,
                        teacher_channels: int | None = None, fd_weight: float | None = None,
-                       fd_loss: str | None = None, fd_beta: float | None = None, ce_weight: float | None = None,
-                       warmup_steps: int | None = None, label_smoothing: float = 0.0) -> DistillCriterion:
+                       fd_loss: str | None = None, fd_beta: float | None = None, fd_projector: str | None = None,
+                       ce_weight: float | None = None, warmup_steps: int | None = None,
+                       label_smoothing: float = 0.0) -> DistillCriterion:
     """A DistillCriterion for `method`; hyper-parameters left None take that method's released default.
 
     A hyper-parameter the method does not use raises ReproError rather than being ignored.
@@ -402,10 +435,10 @@ def build_distill_loss(method: str, *, temperature: float | None = None, alpha: 
     uses = {"kd": {"temperature", "alpha"}, "hard": set(), "nkd": {"temperature", "alpha"},
             "dkd": {"temperature", "alpha", "beta", "ce_weight", "warmup_steps"}, None: set()}[logit]
     if "fd" in parts:
-        uses = uses | {"student_channels", "teacher_channels", "fd_weight", "fd_loss", "fd_beta"}
+        uses = uses | {"student_channels", "teacher_channels", "fd_weight", "fd_loss", "fd_beta", "fd_projector"}
     given = {"temperature": temperature, "alpha": alpha, "beta": beta, "student_channels": student_channels,
              "teacher_channels": teacher_channels, "fd_weight": fd_weight, "fd_loss": fd_loss, "fd_beta": fd_beta,
-             "ce_weight": ce_weight, "warmup_steps": warmup_steps}
+             "fd_projector": fd_projector, "ce_weight": ce_weight, "warmup_steps": warmup_steps}
     unused = sorted(k for k, v in given.items() if v is not None and k not in uses)
     if label_smoothing and method != "fd":
         unused.append("label_smoothing")  # the logit losses use plain CE on the given target, as released
@@ -434,5 +467,6 @@ def build_distill_loss(method: str, *, temperature: float | None = None, alpha: 
                              f"projector (repro.models.feature_channels of each model).")
         d = DEFAULTS["fd"]
         fd = FDLoss(student_channels, teacher_channels, loss=pick(fd_loss, d["loss"]),
-                    weight=pick(fd_weight, d["weight"]), beta=pick(fd_beta, d["beta"]))
+                    weight=pick(fd_weight, d["weight"]), beta=pick(fd_beta, d["beta"]),
+                    projector=pick(fd_projector, d["projector"]))
     return DistillCriterion(method, logit_loss=logit_loss, fd=fd, label_smoothing=label_smoothing)

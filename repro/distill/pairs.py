@@ -17,7 +17,10 @@ from ..errors import ReproError
 __all__ = ["PAPER_TEACHERS", "PAPER_STUDENTS", "PAPER_PAIRS", "PAPER_IMG_SIZES", "Pair", "paper_pairs",
            "model_feature_channels"]
 
-PAPER_TEACHERS = ("slak_tiny", "slak_small", "slak_base", "convnext_tiny", "vit_small", "swin_tiny")
+# The paper's five teacher families: ViT-S and CSWin-T in the authors' own networks (vit_small_l2s, cswin_tiny);
+# timm's DeiT-style vit_small stays for comparison.
+PAPER_TEACHERS = ("slak_tiny", "slak_small", "slak_base", "convnext_tiny", "vit_small_l2s", "cswin_tiny",
+                  "vit_small", "swin_tiny")
 PAPER_STUDENTS = ("l2s_convnext_tiny", "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano",
                   "convnext_tiny", "resnet50")
 PAPER_PAIRS = tuple((t, s) for t in PAPER_TEACHERS for s in PAPER_STUDENTS)

@@ -255,7 +255,8 @@ def pick_weights(ckpt: Any, path: Path, use_ema: bool, *,
                  without_ema: str = "use use_ema=False") -> tuple[dict, str]:
     """(state dict, which entry it came from) out of any supported checkpoint layout.
 
-    `without_ema` is the advice given when EMA weights are asked for but the file has none.
+    `without_ema` is the advice given when EMA weights are asked for but the file has none. A file with EMA
+    weights only (no 'model' / 'state_dict' entry) gives those, whatever `use_ema` says.
     """
     if _is_state_dict(ckpt):
         if use_ema is True:
@@ -273,6 +274,10 @@ def pick_weights(ckpt: Any, path: Path, use_ema: bool, *,
             if not _is_state_dict(ckpt[raw]):
                 raise ReproError(f"the '{raw}' entry of {path} is not a state dict of tensors.")
             return ckpt[raw], raw
+    for ema in ("model_ema", "state_dict_ema"):
+        # Releases that ship only their EMA weights (CSWin's cswin_tiny_224.pth): those are the file's weights.
+        if _is_state_dict(ckpt.get(ema)):
+            return ckpt[ema], ema
     raise ReproError(f"{path} has none of the entries 'model' or 'state_dict' (found {sorted(map(str, ckpt))[:8]}); "
                      f"expected a checkpoint of this package, an official SLaK checkpoint or a timm weight file.")
 
@@ -350,7 +355,8 @@ def load_teacher(source: str | Path, *, model_name: str | None = None, num_class
         the newest checkpoint is used (a stopped, running or crashed run is refused; pass one of its
         checkpoint files to use it as it is);
     (b) an official SLaK/L2S checkpoint {'model': state_dict, ...} (needs `model_name`);
-    (c) a timm-style weight file: a plain state dict, {'state_dict': ...} or .safetensors (needs `model_name`);
+    (c) a timm-style weight file: a plain state dict, {'state_dict': ...}, an EMA-only {'state_dict_ema': ...}
+        (as CSWin ships) or .safetensors (needs `model_name`);
     (d) a checkpoint file of this package {'model': ..., 'config': ...} (the model name comes from its config).
     `use_ema`: True takes the EMA weights ('model_ema' / 'state_dict_ema'), False the raw ones; 'auto' takes
     the EMA weights of a run folder when its summary.json says they were better ("ema_better": true, or

@@ -10,7 +10,7 @@ The plan's `kaggle:` section (every key optional except an owner, which --owner 
     kaggle:
       owner: your-kaggle-name            # owns the kernels and the datasets
       slug_prefix: repro                 # kernel <owner>/<slug_prefix>-<run>-s<k>
-      machine_shape: NvidiaTeslaT4       # NvidiaTeslaT4 | NvidiaTeslaT4Highmem (2 x T4) | NvidiaL4 | null (CPU)
+      machine_shape: NvidiaTeslaT4       # NvidiaTeslaT4 (GPU T4 x2) | NvidiaL4X1 | ... | null (CPU)
       enable_gpu: true                   # default: whether machine_shape is a GPU
       code_dataset: repro-lkt-code       # the `repro kaggle bundle` dataset ('slug' or 'owner/slug')
       data_sources: ["{owner}/cifar-100-python"]   # datasets with the data; {owner} is replaced
@@ -20,7 +20,7 @@ The plan's `kaggle:` section (every key optional except an owner, which --owner 
       time_budget: 11h15m                # training budget per session, under the ~12 h limit
       working_dir: /kaggle/working       # out_dir = <working_dir>/<run name>
       private: true
-      docker_image_pinning_type: null    # original | latest
+      docker_image_pinning_type: null    # original | latest; null: original for a chain of sessions
       keywords: []
       parameters: {}                     # notebook parameters set on Kaggle only
       runs:                              # per-run overrides of the keys above

@@ -35,26 +35,34 @@ def _bundle(args) -> int:
 
 
 def _status(args) -> int:
-    from .official import kernel_status
+    from .official import format_kernel_state, kernel_state
     from .sessions import chain_status, format_chain_status
     paths = [t for t in args.targets if Path(t).exists()]
     remote = [t for t in args.targets if not Path(t).exists()]
     if paths:
         print(format_chain_status(chain_status(paths), budget=args.budget))
     for ref in remote:
-        print(f"{ref}: {kernel_status(ref)}")
+        print(format_kernel_state(ref, kernel_state(ref)))
     return 0
 
 
 def _push(args) -> int:
-    from .official import push
-    print(f"pushed {push(args.folder, check_previous=not args.no_check_previous)}")
+    from .official import PUSHED_FILE, push
+    record = push(args.folder, check_previous=not args.no_check_previous, previous_version=args.previous_version)
+    print(f"pushed {record['id']} version {record['version']}: {record['url']}")
+    names = {"code_dataset": "code", "kernel": "previous session", "docker_image": "image"}
+    if record["pinned"]:
+        print("pinned: " + "; ".join(f"{names[k]} {v}" for k, v in record["pinned"].items()))
+    if record.get("dropped_tags"):
+        print(f"note: Kaggle dropped tags it does not know: {record['dropped_tags']}")
+    print(f"recorded in {Path(args.folder) / PUSHED_FILE}; follow it with `repro kaggle status {record['id']}`")
     return 0
 
 
 def _output(args) -> int:
     from .official import download_output
-    dest = download_output(args.kernel, args.path)
+    dest = download_output(args.kernel, args.path, file_pattern=args.file_pattern, checkpoints=args.checkpoints,
+                           everything=args.all)
     print(f"outputs of {args.kernel} in {dest}; summarise with `repro kaggle status {dest}`")
     return 0
 
@@ -153,15 +161,31 @@ def register(subparsers) -> None:
     p.add_argument("--budget", default=DEFAULT_SESSION_BUDGET, help="session budget for the remaining estimate")
     p.set_defaults(func=_status)
 
-    p = sub.add_parser("push", help="validate and push a kernel folder (kaggle kernels push)")
+    p = sub.add_parser("push", help="validate and push a kernel folder (kaggle kernels push)",
+                       description="Validate a kernel folder made by `repro kaggle prepare` (its "
+                                   "kernel-metadata.json) and push it with the official client, which "
+                                   "starts the kernel on Kaggle. Session k > 1 is pushed only once session k-1 has "
+                                   "completed, since it resumes from that output.")
     p.add_argument("folder", help="a folder made by `repro kaggle prepare`, e.g. kaggle/build/RUN/s1")
     p.add_argument("--no-check-previous", action="store_true",
                    help="push session k>1 without checking that session k-1 completed")
+    p.add_argument("--previous-version", type=int, metavar="N",
+                   help="the version of session k-1's kernel to attach (default: the one pushed from its folder, "
+                        "recorded in its pushed.json)")
     p.set_defaults(func=_push)
 
-    p = sub.add_parser("output", help="download a kernel's outputs (kaggle kernels output)")
-    p.add_argument("kernel", help="owner/slug or a kernel folder")
+    p = sub.add_parser("output", help="download a kernel's outputs (kaggle kernels output)",
+                       description="Download the output files of a kernel (owner/slug, or a kernel folder made by "
+                                   "`repro kaggle prepare`) with the official client; summarise them with "
+                                   "`repro kaggle status DIR` or report on them with `repro report --runs DIR`.")
+    p.add_argument("kernel", help="owner/slug, owner/slug/version or a kernel folder")
     p.add_argument("-p", "--path", help="destination (default runs/kaggle/<slug>)")
+    p.add_argument("--file-pattern", metavar="REGEX",
+                   help="download the files whose path matches REGEX (default: summary.json, metrics.jsonl, "
+                        "config.yaml and the executed notebook; the session log always comes)")
+    p.add_argument("--checkpoints", action="store_true",
+                   help="also download the checkpoints and weight files (large)")
+    p.add_argument("--all", action="store_true", help="download every output file")
     p.set_defaults(func=_output)
 
     p = sub.add_parser("preflight", help="check the GPU against this torch, pick precision and launch command",

@@ -4,7 +4,7 @@ The validator applies the rules the official client (kaggle 2.2.5, `kernels push
 enforces before it talks to the server, plus the ones this package depends on: `enable_internet` must be
 written out (the client turns a missing value into True) and false (runs are offline by design), the title
 must slugify to the kernel slug (the client only prints a warning and the server then picks another URL),
-and `machine_shape` must be an accelerator Kaggle still offers.
+and `machine_shape` must be an accelerator Kaggle offers to users.
 """
 from __future__ import annotations
 
@@ -19,12 +19,16 @@ from ..errors import ReproError
 KERNEL_METADATA_FILE = "kernel-metadata.json"
 DATASET_METADATA_FILE = "dataset-metadata.json"
 
-# Accelerator ids accepted in `machine_shape`; count GPUs at run time, the name is only a request.
-GPU_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaT4Highmem", "NvidiaL4", "NvidiaTeslaA100", "NvidiaH100",
-              "NvidiaRtxPro6000")
-TPU_SHAPES = ("TpuV5E8",)
-# Retired: the server silently runs these on a replacement (a P100 request gets a T4).
+# Accelerator ids accepted in `machine_shape`, as the 2.2.5 client and the kaggle-cli docs list them:
+# NvidiaTeslaT4 is the editor's "GPU T4 x2" (the default GPU; a single T4 is no longer offered). Some ids serve
+# only some competitions. The id is a request: the GPUs are counted at run time, never inferred from it.
+GPU_SHAPES = ("NvidiaTeslaT4", "NvidiaL4X1", "NvidiaL4", "NvidiaTeslaA100", "NvidiaH100", "NvidiaRtxPro6000")
+TPU_SHAPES = ("TpuV5E8", "TpuV6E8")
+# Internal pools, not offered to users (kaggle-cli removed NvidiaTeslaT4Highmem from its docs as admin-only).
+INTERNAL_SHAPES = ("NvidiaTeslaT4Highmem",)
+# Retired: the server silently runs these on a replacement (a P100 request gets the default GPU).
 RETIRED_SHAPES = ("NvidiaTeslaP100", "TpuV38", "Tpu1VmV38", "TpuV232", "TpuV2256")
+SHAPE_ADVICE = "NvidiaTeslaT4 (GPU T4 x2) or NvidiaL4X1 (one L4)"
 
 LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
@@ -39,6 +43,19 @@ DATASET_LICENSES = (
     "US-Government-Works", "CC-BY-NC-SA-3.0-IGO", "CDLA-Permissive-1.0", "CDLA-Sharing-1.0", "CC-BY-ND-4.0",
     "CC-BY-NC-ND-4.0", "ODC-BY-1.0", "LGPL-3.0", "AGPL-3.0", "FDL-1.3", "EU-ODP-Legal-Notice", "apache-2.0",
     "GPL-3.0")
+
+
+def shape_problem(shape: str) -> str | None:
+    """Why `shape` is not an accelerator id to ask for ('...' after "machine_shape"), None when it is one."""
+    if shape in RETIRED_SHAPES:
+        return (f"'{shape}' is retired and Kaggle silently substitutes another accelerator (a P100 request runs "
+                f"on the default GPU); ask for {SHAPE_ADVICE}")
+    if shape in INTERNAL_SHAPES:
+        return (f"'{shape}' is an internal Kaggle pool, not offered to users; NvidiaTeslaT4 already gives two "
+                f"T4s (GPU T4 x2): ask for {SHAPE_ADVICE}")
+    if shape not in GPU_SHAPES + TPU_SHAPES:
+        return f"'{shape}' is not a Kaggle accelerator id; expected one of {', '.join(GPU_SHAPES + TPU_SHAPES)}"
+    return None
 
 
 def slugify(text: str) -> str:
@@ -161,15 +178,15 @@ def validate_kernel_metadata(meta: Any, folder: str | Path | None = None, *,
     if pinning is not None and pinning not in PINNING_TYPES:
         problems.append(f"docker_image_pinning_type should be one of {', '.join(PINNING_TYPES)}, "
                         f"found {pinning!r}")
+    image = meta.get("docker_image")
+    if image is not None and (not isinstance(image, str) or not image):
+        problems.append(f"docker_image should be an image name such as gcr.io/kaggle-images/python@sha256:..., "
+                        f"found {image!r}")
     shape = meta.get("machine_shape")
     if shape is not None:
-        if shape in RETIRED_SHAPES:
-            problems.append(f"machine_shape '{shape}' is retired and Kaggle silently substitutes another "
-                            "accelerator (a P100 request runs on a T4); ask for NvidiaTeslaT4, "
-                            "NvidiaTeslaT4Highmem (two T4) or NvidiaL4")
-        elif shape not in GPU_SHAPES + TPU_SHAPES:
-            problems.append(f"machine_shape '{shape}' is not a Kaggle accelerator id; expected one of "
-                            f"{', '.join(GPU_SHAPES + TPU_SHAPES)}")
+        problem = shape_problem(shape)
+        if problem:
+            problems.append(f"machine_shape {problem}")
         elif shape in GPU_SHAPES and "enable_gpu" in meta and _bool_problem(meta, "enable_gpu") is None \
                 and not _as_bool(meta["enable_gpu"]):
             problems.append(f"machine_shape '{shape}' is a GPU but enable_gpu is false; set enable_gpu true")

@@ -3,7 +3,7 @@
 The notebook kernel must not initialise CUDA before a multi-GPU launch (a forked or spawned DDP worker then
 breaks), so by default the facts are gathered by `repro.doctor.doctor()` in a child Python process and the
 training command is returned for the notebook to run in a subprocess: `python -m repro train ...` on one GPU
-or the CPU, `torchrun --nproc_per_node=N -m repro train ...` on N GPUs (two on NvidiaTeslaT4Highmem).
+or the CPU, `torchrun --nproc_per_node=N -m repro train ...` on N GPUs (two on NvidiaTeslaT4, GPU T4 x2).
 """
 from __future__ import annotations
 
@@ -38,14 +38,16 @@ def launch_command(gpu_count: int, train_args: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-m", "repro", "train", *train_args]
 
 
-def preflight(train_args: Sequence[str] = (), *, isolated: bool = True, facts: dict | None = None) -> dict:
+def preflight(train_args: Sequence[str] | None = None, *, isolated: bool = True, facts: dict | None = None) -> dict:
     """Check the accelerator before a long run and return the launch plan.
 
     Raises ReproError when a visible GPU has no kernels in the installed torch (e.g. a P100 on a current
     Kaggle image). The result holds `device`, `gpu_count`, `gpu`, `capability`, `precision` (what
     `train.precision: auto` picks: fp16 AMP on T4, bf16 from compute capability 8.0, fp32 on Pascal and CPU),
     `command` (argument list) and `command_line`, plus `notes` for the user. `isolated=False` probes in this
-    process (tests, plain scripts); `facts` takes a ready `repro.doctor.doctor()` dict.
+    process (tests, plain scripts); `facts` takes a ready `repro.doctor.doctor()` dict. `train_args` None
+    (a notebook that launches training itself) prints no launch advice; an empty sequence (the command line
+    without arguments after --) gets a note saying which `repro train` arguments the launch command needs.
     """
     if facts is None:
         if isolated:
@@ -55,7 +57,7 @@ def preflight(train_args: Sequence[str] = (), *, isolated: bool = True, facts: d
             facts = doctor()
     if facts["error"]:
         raise ReproError(facts["error"] + " In the Kaggle editor: Settings > Accelerator > GPU T4 x2 (or L4); "
-                         "for a pushed kernel: machine_shape NvidiaTeslaT4 / NvidiaTeslaT4Highmem / NvidiaL4 "
+                         "for a pushed kernel: machine_shape NvidiaTeslaT4 (GPU T4 x2) or NvidiaL4X1 "
                          "in kernel-metadata.json (or the plan's kaggle section).")
     gpu_count = facts["gpu_count"]
     gpu = facts["gpus"][0] if facts["gpus"] else None
@@ -69,7 +71,11 @@ def preflight(train_args: Sequence[str] = (), *, isolated: bool = True, facts: d
             notes.append(f"mixed GPUs ({', '.join(sorted(names))}): DDP runs at the pace of the slowest")
         notes.append(f"{gpu_count} GPUs: launch with torchrun in a subprocess; do not initialise CUDA in the "
                      "notebook kernel before it")
-    command = launch_command(gpu_count, train_args)
+    if train_args is not None and not train_args:
+        notes.append("the launch command above lacks the `repro train` arguments: give them after --, e.g. "
+                     "`repro kaggle preflight -- --preset seed-slak-tiny-cifar100 --out runs/slak-t` (--preset NAME "
+                     "or --config FILE, and --out DIR), to check them and print the complete command")
+    command = launch_command(gpu_count, train_args or ())
     return {
         "device": facts["device"],
         "gpu_count": gpu_count,

@@ -1,12 +1,12 @@
 """`repro kaggle prepare`: turn a plan into pushable Kaggle kernel folders, one per run and session.
 
 Kaggle runs a committed notebook with papermill but injects no parameters, so each run's parameters are baked
-into its copy of the notebook (papermill prepare-only). Two cells are added to the copy, the source notebooks
-stay untouched: at the top, an offline install of this package from the attached code dataset (the wheel made
-by `repro kaggle bundle`, found by searching /kaggle/input, never touching Kaggle's torch); after the
-parameters, the pre-flight (refuses a GPU the installed torch cannot run, sets `nproc: auto` to the GPU count),
-the check that session k > 1 finds session k-1's checkpoints (added to `resume_from`), and the resolution of
-`kaggle-input:` references (see repro.kaggle.inputs).
+into its copy of the notebook, as the defaults of its parameters cell. Two cells are added to the copy, the
+source notebooks stay untouched: at the top, an offline install of this package from the attached code dataset
+(the wheel made by `repro kaggle bundle`, found by searching /kaggle/input, never touching Kaggle's torch);
+after the parameters, the pre-flight (refuses a GPU the installed torch cannot run, sets `nproc: auto` to the
+GPU count), the check that session k > 1 finds session k-1's checkpoints (added to `resume_from`), and the
+resolution of `kaggle-input:` references (see repro.kaggle.inputs).
 
 Session k of run R is kernel `<owner>/<slug_prefix>-<R>-s<k>` (slugified); it attaches the output of session
 k-1 through `kernel_sources` and runs the same notebook with the same out_dir under /kaggle/working, so the
@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..batch import check_parameters, check_run_config, find_notebook, run_parameters
+from ..batch import (bake_parameter_defaults, check_parameter_types, check_parameters, check_run_config,
+                     find_notebook, run_parameters)
 from ..errors import ReproError
 from ..plan import Plan, PlanRun, load_plan
-from .metadata import (GPU_SHAPES, KERNEL_METADATA_FILE, RETIRED_SHAPES, TPU_SHAPES, slugify,
+from .metadata import (GPU_SHAPES, KERNEL_METADATA_FILE, TPU_SHAPES, shape_problem, slugify,
                        validate_kernel_metadata, write_metadata)
+from .official import SESSION_FILE
 from .sessions import DEFAULT_SESSION_BUDGET, session_budget_seconds
 
 WHEEL_PREFIX = "repro_lkt-"
@@ -50,7 +52,7 @@ class KaggleSettings:
     Args:
         owner: Kaggle user name owning the kernels and datasets (or --owner, or $KAGGLE_USERNAME).
         slug_prefix: kernels are named `<slug_prefix>-<run>-s<session>`.
-        machine_shape: accelerator id (NvidiaTeslaT4, NvidiaTeslaT4Highmem = two T4, NvidiaL4, ...); null for CPU.
+        machine_shape: accelerator id (NvidiaTeslaT4 = GPU T4 x2, NvidiaL4X1, ...); null for CPU.
         enable_gpu: defaults to whether machine_shape is a GPU.
         code_dataset: the dataset made by `repro kaggle bundle` ('slug' under owner, or 'owner/slug').
         data_sources: datasets holding the data ('owner/slug' or 'owner/slug/version'; '{owner}' is replaced).
@@ -60,7 +62,8 @@ class KaggleSettings:
         time_budget: training budget of each session, under Kaggle's ~12 h limit.
         working_dir: where runs write on Kaggle; out_dir = <working_dir>/<run name>.
         private: keep the kernels private.
-        docker_image_pinning_type: original or latest (null leaves Kaggle's default).
+        docker_image_pinning_type: original or latest; null: original for a chain of several sessions (which
+            `repro kaggle push` also runs on its first session's image), Kaggle's default otherwise.
         keywords: kernel tags.
         parameters: notebook parameters added on Kaggle only (after the plan's own).
     """
@@ -122,10 +125,7 @@ def parse_settings(section: dict, where: str = "kaggle") -> KaggleSettings:
     session_budget_seconds(settings.time_budget, flag=f"{where}.time_budget")
     shape = settings.machine_shape
     if shape is not None and shape not in GPU_SHAPES + TPU_SHAPES:
-        state = "is retired (Kaggle runs it on another accelerator)" if shape in RETIRED_SHAPES \
-            else "is not an accelerator id Kaggle offers"
-        raise ReproError(f"{where}.machine_shape '{shape}' {state}; use one of {', '.join(GPU_SHAPES)}, "
-                         "or null for CPU")
+        raise ReproError(f"{where}.machine_shape {shape_problem(shape)}; or null for CPU")
     if settings.enable_gpu is None:
         settings.enable_gpu = shape in GPU_SHAPES
     for name, override in settings.runs.items():
@@ -223,8 +223,10 @@ def kernel_metadata(settings: KaggleSettings, run: str, session: int, code_file:
     }
     if settings.machine_shape:
         meta["machine_shape"] = settings.machine_shape
-    if settings.docker_image_pinning_type:
-        meta["docker_image_pinning_type"] = settings.docker_image_pinning_type
+    # A chain keeps the image it started on: new versions of a kernel run on its original image.
+    pinning = settings.docker_image_pinning_type or ("original" if settings.sessions > 1 else None)
+    if pinning:
+        meta["docker_image_pinning_type"] = pinning
     return meta
 
 
@@ -257,11 +259,19 @@ def _papermill():
 
 def bake_notebook(source: Path, dest: Path, parameters: dict[str, Any], *, code_dataset_slug: str,
                   run: str, session: int, sessions: int, previous: str | None) -> None:
-    """Write `source` with `parameters` injected (papermill prepare-only) and the Kaggle cells added."""
-    nbformat, papermill = _papermill()
+    """Write `source` with `parameters` baked in as the defaults of its parameters cell, and the Kaggle cells.
+
+    The values become the parameters cell's own defaults (no injected-parameters cell), so executing the
+    kernel's notebook with `papermill -p NAME VALUE` changes only the names given; the other baked values stay.
+    """
+    nbformat, _ = _papermill()
     declared = check_parameters(source, parameters)
-    nb = papermill.execute_notebook(str(source), str(dest), parameters=parameters, prepare_only=True,
-                                    kernel_name="python3", language="python", progress_bar=False)
+    nb = nbformat.read(str(source), as_version=4)
+    position = max(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells[position].source = bake_parameter_defaults(
+        nb.cells[position].source, parameters,
+        header=f"# Baked by `repro kaggle prepare` (run '{run}', session {session} of {sessions}); "
+               "`papermill -p NAME VALUE` changes one, keeps the rest.")
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -271,8 +281,7 @@ def bake_notebook(source: Path, dest: Path, parameters: dict[str, Any], *, code_
         run, session, sessions, previous, input_refs=[k for k, v in parameters.items() if _has_input_ref(v)],
         auto_nproc=parameters.get("nproc") == "auto", resume_param="resume_from" in declared))
     check.metadata["tags"] = [SESSION_TAG]
-    position = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
-    nb.cells.insert(position + 1, check)
+    nb.cells.insert(position + 1, check)  # papermill puts any injected parameters between the two
     nb.cells.insert(0, setup)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     nbformat.write(nb, str(dest))
@@ -312,6 +321,7 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
         declared = check_parameters(source, parameters)
         try:
             check_run_config(parameters, declared, plan_dir, deferred=_has_input_ref)
+            check_parameter_types(parameters, declared, source, also_accepted={"nproc": ("auto",)})
         except ReproError as exc:
             raise ReproError(f"run '{run.name}' would fail on Kaggle: {exc}") from None
         for session in range(1, settings.sessions + 1):
@@ -325,7 +335,8 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
                                  "rename one of them in the plan")
             ids[meta["id"]] = run.name
             jobs.append((run, settings, source, session, meta))
-    out = Path(out)
+    from ..paths import ensure_writable_dir
+    out = ensure_writable_dir(out, "the kernel folder (--out)")
     written, index = [], []
     for run, settings, source, session, meta in jobs:
         folder = out / run.name / f"s{session}"
@@ -334,6 +345,12 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
                       code_dataset_slug=settings.code_dataset.split("/")[-1], run=run.name, session=session,
                       sessions=settings.sessions, previous=meta["kernel_sources"][-1] if session > 1 else None)
         write_metadata(folder, meta, "kernel")
+        # What `repro kaggle push` needs to pin the chain: which source is the code, which the previous session.
+        code = settings.code_dataset if "/" in settings.code_dataset else f"{settings.owner}/{settings.code_dataset}"
+        (folder / SESSION_FILE).write_text(json.dumps(
+            {"run": run.name, "session": session, "sessions": settings.sessions, "kernel": meta["id"],
+             "code_dataset": code, "previous": meta["kernel_sources"][-1] if session > 1 else None}, indent=2)
+            + "\n")
         written.append(folder)
         index.append({"run": run.name, "session": session, "sessions": settings.sessions, "id": meta["id"],
                       "folder": str(folder)})

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+import yaml
+
 from ..errors import ReproError
 
 DEFAULT_SESSION_BUDGET = "11h15m"
@@ -74,12 +76,32 @@ def read_summary(run_dir: str | Path) -> dict:
         raise ReproError(f"{path} is not valid JSON ({exc})") from None
 
 
+# Training images of the datasets whose size is fixed, before the held-out validation share.
+_TRAIN_IMAGES = {"cifar10": 50000, "cifar100": 50000, "imagenet": 1281167}
+
+
+def _full_epoch_images(data: dict) -> int | None:
+    """Training images per epoch of a run on the whole training set of its `data` config section (after the
+    held-out validation share); None when the dataset's name does not fix its size (class folders)."""
+    if data.get("name") == "digits":
+        from ..data.digits import load_digits_splits
+        total = len(load_digits_splits()[0])
+    else:
+        total = _TRAIN_IMAGES.get(data.get("name"))
+    return None if total is None else total - round(total * float(data.get("val_fraction") or 0.0))
+
+
 def plan_sessions_from_run(run_dir: str | Path, *, epochs: int | None = None,
-                           budget: str | float = DEFAULT_SESSION_BUDGET, overhead: float = 0.0) -> dict:
+                           budget: str | float = DEFAULT_SESSION_BUDGET, overhead: float = 0.0,
+                           train_size: int | None = None) -> dict:
     """Sessions for a run (or `epochs` of it), timed by a trial run's own wall clock per optimizer step.
 
     The wall time already includes evaluation and checkpoints, so `overhead` defaults to 0. Time the trial
-    on the accelerator the chain will use.
+    on the accelerator, image size and batch size the chain will use. A trial on a subset
+    (`data.train_limit`) is scaled to the whole training set (`train_size` images per epoch, by default the
+    dataset's known size less the validation share) from its training throughput, with `overhead` (at least
+    10% when given as 0) for the evaluations, whose cost a short trial does not show; it needs `epochs` unless
+    the trial kept its preset's epoch count.
     """
     s = read_summary(run_dir)
     if not s.get("steps_done") or not s.get("epochs_total") or not s.get("steps_total"):
@@ -87,9 +109,48 @@ def plan_sessions_from_run(run_dir: str | Path, *, epochs: int | None = None,
                          "steps (e.g. --time-budget 20m) on the target accelerator first")
     steps_per_epoch = s["steps_total"] / s["epochs_total"]
     seconds_per_epoch = s["wall_time_s"] / s["steps_done"] * steps_per_epoch
+    basis = "the trial's wall time per optimizer step"
+    cfg_file = Path(run_dir) / "config.yaml"
+    try:
+        cfg = (yaml.safe_load(cfg_file.read_text()) or {}) if cfg_file.is_file() else {}
+    except yaml.YAMLError as exc:
+        raise ReproError(f"{cfg_file} is not valid YAML ({exc}); pass a run folder written by `repro train`") \
+            from None
+    data, tc = cfg.get("data") or {}, cfg.get("train") or {}
+    limit = data.get("train_limit")
+    images = (train_size or _full_epoch_images(data)) if limit else None
+    if limit and images and limit >= images:
+        limit = None  # the trial saw the whole training set
+    if limit:
+        # The trial's epoch is `limit` images: neither its epoch time nor its epoch count is the chain's.
+        from ..config import list_presets, load_config
+        name = cfg.get("name")
+        preset_epochs = load_config(name).train.epochs if name in list_presets() else None
+        if epochs is None and preset_epochs != s["epochs_total"]:
+            full = f" (preset {name} trains {preset_epochs})" if preset_epochs else ""
+            raise ReproError(f"{run_dir} is a trial on data.train_limit={limit} images for {s['epochs_total']} "
+                             f"epoch(s), so it does not say how long the full run is; pass --epochs N, the epochs "
+                             f"the chain will train{full}")
+        if not images:
+            raise ReproError(f"{run_dir} is a trial on data.train_limit={limit} images of data.name="
+                             f"{data.get('name')}, whose full size is not known here; time a trial on the whole "
+                             "training set (without data.train_limit, e.g. --time-budget 20m)")
+        per_step = int(tc.get("batch_size") or 1) * int(tc.get("accum_steps") or 1) \
+            * int((s.get("env") or {}).get("world_size") or 1)
+        steps_per_epoch = max(1, images // per_step)
+        if s.get("images_per_s"):
+            seconds_per_epoch = steps_per_epoch * per_step / s["images_per_s"]
+            overhead = overhead if overhead > 0 else 0.10
+            basis = (f"the trial's training throughput ({s['images_per_s']} images/s) over {images} images per "
+                     f"epoch, plus {overhead:.0%} for evaluation and saves")
+        else:
+            seconds_per_epoch = s["wall_time_s"] / s["steps_done"] * steps_per_epoch
+            basis = f"the trial's wall time per optimizer step over {images} images per epoch"
     result = plan_sessions(epochs=epochs or s["epochs_total"], seconds_per_epoch=seconds_per_epoch,
                            budget=budget, overhead=overhead)
     result["measured_on"] = (s.get("env") or {}).get("gpu") or (s.get("env") or {}).get("device")
+    result["steps_per_epoch"] = steps_per_epoch
+    result["basis"] = basis
     return result
 
 
@@ -113,8 +174,11 @@ def chain_status(paths: Iterable[str | Path]) -> list[dict]:
     Each row: run, session (resumes + 1), status, stop_reason, steps_done, steps_total, epochs_done,
     epochs_total, top1 (the best top-1 on the validation split so far), test_top1 (the final model on the test
     split, once the run is complete and has one), wall_time_s (cumulative over the chain), session_wall_s,
-    resumed_from_step (the previous session's last step), finished (time of the summary), path.
+    resumed_from_step (the previous session's last step), finished (time of the summary), hardware and torch
+    (where that session trained, from its summary's env), path.
     """
+    from ..report.labels import hardware_label
+
     rows = []
     for d in _summary_dirs(paths):
         s = read_summary(d)
@@ -127,6 +191,7 @@ def chain_status(paths: Iterable[str | Path]) -> list[dict]:
             "wall_time_s": s.get("wall_time_s") or 0.0, "session_wall_s": s.get("wall_time_s") or 0.0,
             "resumed_from_step": None,
             "finished": time.strftime("%Y-%m-%d %H:%M", time.localtime((d / "summary.json").stat().st_mtime)),
+            "hardware": hardware_label(s.get("env")), "torch": (s.get("env") or {}).get("torch"),
             "path": str(d),
         })
     rows.sort(key=lambda r: (r["run"], r["steps_done"], r["session"]))
@@ -147,7 +212,7 @@ def format_chain_status(rows: list[dict], budget: str | float = DEFAULT_SESSION_
     if not rows:
         return "no summary.json found"
     lines = [f"{'run':<32} {'sess':>4} {'status':<9} {'steps':>15} {'epochs':>9} {'val1':>6} {'test1':>6} "
-             f"{'wall':>6} {'from':>8}  finished"]
+             f"{'wall':>6} {'from':>8}  {'finished':<16}  where"]
     for r in rows:
         top1 = f"{r['top1']:.2f}" if isinstance(r["top1"], (int, float)) else "-"
         test1 = f"{r.get('test_top1'):.2f}" if isinstance(r.get("test_top1"), (int, float)) else "-"
@@ -155,9 +220,10 @@ def format_chain_status(rows: list[dict], budget: str | float = DEFAULT_SESSION_
         lines.append(f"{r['run']:<32} {r['session']:>4} {r['status'] or '-':<9} "
                      f"{str(r['steps_done']) + '/' + str(r['steps_total']):>15} "
                      f"{str(r['epochs_done']) + '/' + str(r['epochs_total']):>9} {top1:>6} {test1:>6} "
-                     f"{_hours_minutes(r['session_wall_s']):>6} {start:>8}  {r['finished']}")
+                     f"{_hours_minutes(r['session_wall_s']):>6} {start:>8}  {r['finished']:<16}  "
+                     f"{r.get('hardware') or '-'}" + (f", torch {r['torch']}" if r.get("torch") else ""))
     lines.append("val1: best top-1 on the held-out validation split so far; test1: the final model on the test "
-                 "split (complete runs); wall: this session (h:mm)")
+                 "split (complete runs); wall: this session (h:mm); where: that session's GPUs and torch")
     budget_s = session_budget_seconds(budget)
     last = {r["run"]: r for r in rows}
     for run, r in last.items():

@@ -1,7 +1,8 @@
 """One factory for every model: SLaK teachers, the paper's students and timm models, all built offline.
 
 Nothing is ever downloaded: timm is always called with pretrained=False and weights come only from a local file
-(`pretrained_file`). ViT-S and Swin-T get patch/window sizes that suit the input (32x32 CIFAR or 224x224).
+(`pretrained_file`). The ViTs, Swin-T and CSWin-T get patch/window sizes that suit the input (32x32 CIFAR or
+224x224).
 """
 import argparse
 import difflib
@@ -18,11 +19,13 @@ import torch.nn as nn
 from timm.models import load_state_dict as timm_load_state_dict
 
 from ..errors import ReproError
+from .cswin import cswin_tiny
 from .slak import SLAK_MODELS, SLaK
+from .vit_l2s import vit_small_l2s
 
 TIMM_MODELS = ['convnext_atto', 'convnext_femto', 'convnext_pico', 'convnext_nano', 'convnext_tiny',
                'convnext_small', 'convnext_base', 'resnet50']
-SIZED_MODELS = ['vit_small', 'swin_tiny']
+SIZED_MODELS = ['vit_small', 'swin_tiny', 'vit_small_l2s', 'cswin_tiny']
 
 
 def list_models() -> List[str]:
@@ -35,6 +38,21 @@ def _vit_small(img_size: int, **kwargs) -> nn.Module:
     kwargs = {'patch_size': 16 if img_size >= 224 else 4, **kwargs}
     _check_divisible('vit_small', img_size, kwargs['patch_size'], f'patch size {kwargs["patch_size"]}')
     return timm.create_model('vit_small_patch16_224', pretrained=False, img_size=img_size, **kwargs)
+
+
+def _vit_small_l2s(img_size: int, **kwargs) -> nn.Module:
+    """The authors' ViT-S: patch 16 at 224 (as released), patch 4 below 224 (8x8 tokens at 32x32)."""
+    kwargs = {'patch_size': 16 if img_size >= 224 else 4, **kwargs}
+    _check_divisible('vit_small_l2s', img_size, kwargs['patch_size'], f'patch size {kwargs["patch_size"]}')
+    return vit_small_l2s(img_size=img_size, **kwargs)
+
+
+def _cswin_tiny(img_size: int, **kwargs) -> nn.Module:
+    """CSWin-T: stem stride 4 / split 1-2-7-7 at 224 (as released), stride 2 / split 1-2-2-2 below 224 (maps
+    16/8/4/2 at 32x32: stripes of 1 and 2, two 2-wide stripes on the 4x4 map, full attention on the last)."""
+    small = img_size < 224
+    kwargs = {'patch_size': 2 if small else 4, 'split_size': [1, 2, 2, 2] if small else [1, 2, 7, 7], **kwargs}
+    return cswin_tiny(img_size=img_size, **kwargs)
 
 
 def _swin_tiny(img_size: int, **kwargs) -> nn.Module:
@@ -58,7 +76,9 @@ def _unknown_name(name: str) -> ReproError:
     if ':' in name:
         return ReproError(f'model name {name!r} has a source prefix; models are built offline only. '
                           f'Use a plain name from repro.models.list_models() or timm.list_models().')
-    close = difflib.get_close_matches(name, list_models() + timm.list_models(), n=6, cutoff=0.6)
+    # Our names include timm's ConvNeXt/ResNet ones: each candidate once, so no suggestion repeats.
+    close = difflib.get_close_matches(name, list(dict.fromkeys(list_models() + timm.list_models())), n=6,
+                                      cutoff=0.6)
     return ReproError(f'unknown model {name!r}. Close matches: {close or "none"}. '
                       f'Known here: {list_models()}; any timm.list_models() name also works.')
 
@@ -70,6 +90,10 @@ def _build(name: str, img_size: int, kwargs: Dict) -> nn.Module:
             return _vit_small(img_size, **kwargs)
         if name == 'swin_tiny':
             return _swin_tiny(img_size, **kwargs)
+        if name == 'vit_small_l2s':
+            return _vit_small_l2s(img_size, **kwargs)
+        if name == 'cswin_tiny':
+            return _cswin_tiny(img_size, **kwargs)
         if name in SLAK_MODELS or name in TIMM_MODELS:
             return timm.create_model(name, pretrained=False, **kwargs)
         try:
@@ -96,7 +120,8 @@ def create_model(name: str, num_classes: int = 1000, drop_path_rate: float = 0.,
         drop_path_rate: Stochastic depth rate.
         img_size: Input size; picks ViT/Swin patch and window sizes, ignored by size-agnostic ConvNets.
         pretrained_file: Local checkpoint ({'model': ...}, {'state_dict': ...}, plain state dict or .safetensors;
-            the raw weights, not an EMA copy); a head of another class count is dropped with a warning.
+            the raw weights, not an EMA copy, unless the file holds only EMA weights, as CSWin's
+            {'state_dict_ema': ...} does); a head of another class count is dropped with a warning.
         **kwargs: Passed to the architecture (e.g. stem_stride, sync_bn, kernel_size for SLaK; in_chans).
     """
     if name not in list_models() and not timm.is_model(name):
@@ -117,6 +142,9 @@ def _read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
         # Training scripts (ConvNeXt/SLaK main.py) save their argparse Namespace next to the weights.
         with torch.serialization.safe_globals([argparse.Namespace]):
             state = timm_load_state_dict(path, use_ema=False, weights_only=True)
+            if _holds_only_ema(state):
+                # Some releases (CSWin's cswin_tiny_224.pth) ship only their EMA weights: those are the weights.
+                state = timm_load_state_dict(path, use_ema=True, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, OSError) as e:
         raise ReproError(f'could not read checkpoint {path!r}: {e}. Expected a torch checkpoint holding tensors '
                          f'({{"model": state_dict}}, {{"state_dict": ...}} or a plain state dict) or .safetensors; '
@@ -125,6 +153,12 @@ def _read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
         raise ReproError(f'checkpoint {path!r} does not hold a state dict (name -> tensor). '
                          f'Re-save it as torch.save({{"model": model.state_dict()}}, path).')
     return state
+
+
+def _holds_only_ema(checkpoint) -> bool:
+    """Whether a loaded checkpoint has EMA weights ('state_dict_ema' / 'model_ema') but no raw ones."""
+    return (isinstance(checkpoint, dict) and not any(k in checkpoint for k in ('state_dict', 'model'))
+            and any(isinstance(checkpoint.get(k), dict) for k in ('state_dict_ema', 'model_ema')))
 
 
 def adapt_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -7,6 +7,8 @@ from typing import Iterable
 import pandas as pd
 
 from ..errors import ReproError
+from .erf import erf_heatmaps, erf_markdown, erf_table, stale_erf_runs
+from .robustness import robustness_markdown, robustness_table, stale_robustness_runs
 from .figures import teacher_student_bars, training_curves
 from .published import load_published
 from .runs import Run, drop_duplicates, load_runs
@@ -22,7 +24,7 @@ _BASIS_TEXT = {
             "run's evaluation split",
 }
 
-_FIGURE_PATTERNS = ("curves-*.png", "teacher_student-*.png")
+_FIGURE_PATTERNS = ("curves-*.png", "teacher_student-*.png", "erf-*.png")
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
@@ -43,8 +45,10 @@ def build_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *, title: 
     """Regenerate every table and figure from the run folders at or below `run_dirs`; returns the written paths.
 
     Writes out_dir/report.md, out_dir/tables/{runs,paper_vs_reproduction,distillation_grid}.{md,csv} and
-    out_dir/figures/{curves,teacher_student}-<dataset>.png. `published` replaces the shipped published
-    numbers (a table as returned by `load_published`).
+    out_dir/figures/{curves,teacher_student}-<dataset>.png, and, when runs hold an erf.json (`repro erf`),
+    tables/erf.{md,csv} and figures/erf-<dataset>.png; tables/robustness.{md,csv} when runs hold a
+    robustness.json (`repro eval --robustness`) or their dataset has published robustness numbers. `published`
+    replaces the shipped published numbers (a table as returned by `load_published`).
     """
     if basis not in BASES:
         raise ReproError(f"unknown basis '{basis}'; expected one of {', '.join(BASES)}")
@@ -60,7 +64,8 @@ def build_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *, title: 
 
     written: dict[str, Path] = {}
     runs_t = runs_table(runs, basis)
-    pvr = paper_vs_reproduction(runs, load_published() if published is None else published, basis)
+    published = load_published() if published is None else published
+    pvr = paper_vs_reproduction(runs, published, basis)
     grid = distillation_grid(runs, basis)
     markdown = {"runs": runs_markdown(runs_t), "paper_vs_reproduction": paper_vs_reproduction_markdown(pvr),
                 "distillation_grid": distillation_grid_markdown(grid)}
@@ -69,6 +74,21 @@ def build_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *, title: 
         path = tables_dir / f"{name}.md"
         path.write_text(markdown[name])
         written[f"{name}_md"] = path
+    # The ERF table exists once some run holds an erf.json (`repro erf`).
+    erf, stale_erf = erf_table(runs), stale_erf_runs(runs)
+    if len(erf) or stale_erf:
+        markdown["erf"] = erf_markdown(erf)
+        written["erf_csv"] = write_csv(erf, tables_dir / "erf.csv")
+        written["erf_md"] = tables_dir / "erf.md"
+        written["erf_md"].write_text(markdown["erf"])
+    # The robustness table exists once some run holds a robustness.json or a run's dataset has published
+    # robustness numbers (then listed as not run yet).
+    robust, stale_robust = robustness_table(runs, published), stale_robustness_runs(runs)
+    if len(robust) or stale_robust:
+        markdown["robustness"] = robustness_markdown(robust)
+        written["robustness_csv"] = write_csv(robust, tables_dir / "robustness.csv")
+        written["robustness_md"] = tables_dir / "robustness.md"
+        written["robustness_md"].write_text(markdown["robustness"])
 
     figures: list[tuple[str, Path]] = []
     by_dataset: dict[str, list[Run]] = {}
@@ -86,6 +106,11 @@ def build_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *, title: 
         if path:
             written[f"teacher_student_{slug}"] = path
             figures.append((f"Teacher vs student, {dataset}", path))
+        path = erf_heatmaps(by_dataset[dataset], dataset, figures_dir / f"erf-{slug}.png",
+                            title=f"Effective receptive fields: {dataset}") if "erf" in markdown else None
+        if path:
+            written[f"erf_{slug}"] = path
+            figures.append((f"Effective receptive fields, {dataset}", path))
 
     complete = sum(r.complete for r in runs)
     lines = [
@@ -102,15 +127,47 @@ def build_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *, title: 
         lines += [f"Ignored {len(duplicates)} run folders holding the same weights as another one (copies): "
                   + ", ".join(f"`{r.path}`" for r in duplicates) + ".", ""]
     lines += [
-        "## Runs", "", markdown["runs"],
+        "## Runs", "",
+        "Split: where each run's top-1 and top-5 were measured (the test split, or the held-out val split of a "
+        "run not evaluated on test yet).", "",
+        markdown["runs"],
         "## Paper vs reproduction", "",
         "Δ top-1 = ours − published. Published values that are unknown are missing (—), never guessed.", "",
         markdown["paper_vs_reproduction"],
         "## Distillation", "",
         "Direct Gain = top-1 of the distilled student − top-1 of the same student trained alone with the same "
-        "recipe; Effective Gain = Direct Gain / teacher top-1.", "",
+        "recipe; Effective Gain = Direct Gain / teacher top-1. Where either side has two runs or more, ± is the "
+        "standard deviation of the difference of the two means, sqrt(s²/n + s_alone²/n_alone) with s the seed "
+        "standard deviations (a side with a single run takes the other side's s); n and n alone count the runs.", "",
         markdown["distillation_grid"],
     ]
+    if "erf" in markdown:
+        lines += [
+            "## Effective receptive field", "",
+            "r = area of the smallest centred square holding more than t of a model's effective receptive field "
+            "(the input gradient of its last-stage centre feature, log10(x + 1)-scaled and normalised to its "
+            "maximum, averaged over the first images of the split; SLaK's erf/analyze_erf.py), in percent of the "
+            "ERF input; from each run's erf.json (`repro erf`), mean ± std over seeds.", "",
+            markdown["erf"],
+        ]
+        if stale_erf:
+            lines += ["Left out: the erf.json of " + ", ".join(f"`{r.path}`" for r in stale_erf)
+                      + " describes weights the run has since trained past; run `repro erf` on it again.", ""]
+    if "robustness" in markdown:
+        lines += [
+            "## Robustness", "",
+            "Top-1 on distribution-shifted sets (ImageNet-A/-R/-Sketch) and, for a corruption benchmark (CIFAR-10-C, "
+            "CIFAR-100-C, ImageNet-C), the mean top-1 over its corruptions and severities, from each run's "
+            "robustness.json (`repro eval --robustness`), mean ± std over seeds. mCE (Hendrycks & Dietterich 2019) "
+            "= mean over corruptions of the summed top-1 errors relative to the named baseline run's, in percent "
+            "(100: as robust as the baseline; lower is better). Published numbers: the authors' robustness logs "
+            "(NKD students, best checkpoint); their ConvNeXt-T ← ViT-S student is not in them.", "",
+            markdown["robustness"],
+        ]
+        if stale_robust:
+            lines += ["Left out: the robustness.json of " + ", ".join(f"`{r.path}`" for r in stale_robust)
+                      + " describes weights the run has since trained past; run `repro eval --robustness` on it "
+                      "again.", ""]
     if figures:
         lines += ["## Figures", ""]
         for caption, path in figures:

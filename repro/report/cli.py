@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Build the report and print where it went."""
+    from ..paths import ensure_writable_dir
+    ensure_writable_dir(args.out, "the report folder (--out)")  # before any run is read
     written = build_report(args.runs, args.out, title=args.title, basis=args.basis)
     print(written["paper_vs_reproduction_md"].read_text())
     print(f"report: {written['report']}")

@@ -39,62 +39,106 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def loss_definition(run: Run) -> str:
+    """What a run's training loss sums: 'CE' trained alone, 'CE + NKD' (etc.) distilled; losses of different
+    definitions are not on one scale, so they are never drawn on one axis."""
+    return f"CE + {method_label(run.method)}" if run.method else "CE"
+
+
 def training_curves(runs: list[Run], path: str | Path, title: str | None = None) -> Path | None:
-    """Training loss, evaluation top-1 and learning rate per epoch, one line per run; None without metrics."""
+    """Training loss (one panel per loss definition), evaluation top-1 and learning rate per epoch, one line
+    per run; None without metrics."""
     runs = [r for r in runs if r.metrics]
     if not runs:
         return None
     labels = [run_label(r) for r in runs]
     repeated = {k for k, v in Counter(labels).items() if v > 1}
     labels = [f"{lab} [{r.name}]" if lab in repeated else lab for lab, r in zip(labels, runs)]
-    fig = Figure(figsize=(13, 4.0 + 0.17 * ((len(runs) + 2) // 3)), layout="constrained")
-    axes = fig.subplots(1, len(_CURVES))
+    definitions = sorted({loss_definition(r) for r in runs}, key=lambda d: (d != "CE", d))
+    panels = [("train_loss", d) for d in definitions] + [(key, None) for key, _ in _CURVES[1:]]
+    fig = Figure(figsize=(13 + 3.2 * (len(definitions) - 1), 4.0 + 0.17 * ((len(runs) + 2) // 3)),
+                 layout="constrained")
+    axes = list(fig.subplots(1, len(panels)))
+    colours = {r.path: f"C{i % 10}" for i, r in enumerate(runs)}
     for run, label in zip(runs, labels):
         epochs = [row.get("epoch") for row in run.metrics]
-        for ax, (key, _) in zip(axes, _CURVES):
+        for ax, (key, definition) in zip(axes, panels):
+            if definition is not None and loss_definition(run) != definition:
+                continue
             values = [row.get(key) for row in run.metrics]
             points = [(e, v) for e, v in zip(epochs, values) if not is_missing(e) and not is_missing(v)]
             if points:
-                ax.plot(*zip(*points), marker="." if len(points) < 30 else None,
+                ax.plot(*zip(*points), marker="." if len(points) < 30 else None, color=colours[run.path],
                         linestyle="--" if not run.complete else "-", label=label)
     splits = sorted({row.get("split") for r in runs for row in r.metrics if row.get("split")})
-    for ax, (key, name) in zip(axes, _CURVES):
+    names = dict(_CURVES)
+    for ax, (key, definition) in zip(axes, panels):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(name + (f" [{', '.join(splits)}]" if key == "top1" and splits else ""))
+        if definition is not None:
+            ax.set_ylabel(f"training loss ({definition})")
+            if len(definitions) > 1:
+                ax.set_title(f"loss = {definition}", fontsize=9)
+        else:
+            ax.set_ylabel(names[key] + (f" [{', '.join(splits)}]" if key == "top1" and splits else ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(names)), fontsize=7)
+    # Every run is drawn in the top-1 panel, so its legend names them all.
+    handles, names_ = axes[len(definitions)].get_legend_handles_labels()
+    fig.legend(handles, names_, loc="outside lower center", ncols=min(3, len(names_)), fontsize=7)
     if title:
         fig.suptitle(title)
     return _save(fig, Path(path))
 
 
 def teacher_student_bars(grid: pd.DataFrame, path: str | Path, title: str | None = None) -> Path | None:
-    """Bars of teacher, student alone and distilled student top-1 per grid row; None for an empty grid."""
+    """Bars of teacher, student alone and distilled student top-1 per grid row, on an axis zoomed to the
+    numbers (so that differences of a point show), with n on the students' bars and the Direct Gain (± its
+    standard deviation) over each row; None for an empty grid."""
     grid = grid[grid["status"] == "complete"]
     if grid.empty:
         return None
-    fig = Figure(figsize=(max(5.0, 1.9 * len(grid) + 1.5), 4.2), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 2.2 * len(grid) + 1.5), 4.6), layout="constrained")
     ax = fig.subplots()
     width = 0.27
-    series = (("teacher_top1", None, "teacher"), ("alone_top1_mean", "alone_top1_std", "student alone"),
-              ("top1_mean", "top1_std", "student distilled"))
-    for k, (col, err, name) in enumerate(series):
+    series = (("teacher_top1", None, None, "teacher"), ("alone_top1_mean", "alone_top1_std", "alone_n",
+                                                        "student alone"),
+              ("top1_mean", "top1_std", "n", "student distilled"))
+
+    def values(col):
+        # A missing number draws no bar (NaN), rather than a bar at the axis floor.
+        return [float("nan") if is_missing(v) else float(v) for v in grid[col]]
+
+    lows, highs = [], []
+    for col, err, _, _ in series:
+        errs = [0.0] * len(grid) if err is None else [0.0 if is_missing(v) else float(v) for v in grid[err]]
+        lows += [y - e for y, e in zip(values(col), errs) if y == y]
+        highs += [y + e for y, e in zip(values(col), errs) if y == y]
+    # The axis starts a little below the lowest number, not at 0, and says so.
+    span = max(highs) - min(lows) if lows else 0.0
+    floor = max(0.0, min(lows) - max(1.0, 0.35 * span)) if lows else 0.0
+    top = (max(highs) + max(1.5, 0.45 * span)) if highs else 100.0
+    for k, (col, err, count, name) in enumerate(series):
         xs = [i + (k - 1) * width for i in range(len(grid))]
-        # A missing number draws no bar (NaN), rather than a bar at zero.
-        ys = [float("nan") if is_missing(v) else float(v) for v in grid[col]]
+        ys = values(col)
         errs = None if err is None else [0.0 if is_missing(v) else float(v) for v in grid[err]]
-        bars = ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name)
-        ax.bar_label(bars, labels=["" if y != y else f"{y:.1f}" for y in ys], fontsize=7, padding=2)
+        bars = ax.bar(xs, [y - floor for y in ys], width, bottom=floor, yerr=errs, capsize=3, label=name)
+        counts = [None] * len(grid) if count is None else list(grid[count])
+        ax.bar_label(bars, labels=["" if y != y else f"{y:.1f}" + ("" if is_missing(c) else f"\nn={int(c)}")
+                                   for y, c in zip(ys, counts)], fontsize=7, padding=2)
+    for i, r in enumerate(grid.itertuples()):
+        if not is_missing(r.direct_gain):
+            gain = f"Direct Gain {r.direct_gain:+.2f}" + ("" if is_missing(r.direct_gain_std)
+                                                          else f" ± {r.direct_gain_std:.2f}")
+            ax.annotate(gain, (i, top), xytext=(0, -4), textcoords="offset points", ha="center", va="top",
+                        fontsize=8, fontweight="bold")
     ax.set_xticks(range(len(grid)))
     # The recipe (e.g. which teacher checkpoint) tells apart rows of the same student, teacher and method.
     ax.set_xticklabels([f"{r.student}\n← {r.teacher}\n{method_label(r.method)}"
                         + (f"\n{r.recipe}" if r.recipe else "") for r in grid.itertuples()], fontsize=8)
-    ax.set_ylabel("top-1 (%)")
-    ax.set_ylim(0, 115)
-    ax.legend(fontsize=8, loc="upper center", ncols=3)
+    ax.set_ylabel("top-1 (%)" + (f", axis from {floor:.0f}" if floor > 0 else ""))
+    ax.set_ylim(floor, top)
+    ax.legend(fontsize=8, loc="lower center", ncols=3, bbox_to_anchor=(0.5, 1.0))
     ax.grid(axis="y", alpha=0.3)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     return _save(fig, Path(path))

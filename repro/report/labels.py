@@ -65,6 +65,13 @@ def fmt_mean_std(mean: Any, std: Any, digits: int = 2) -> str:
     return fmt(mean, digits) if is_missing(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def fmt_gain(value: Any, std: Any, digits: int = 2) -> str:
+    """A signed gain with its standard deviation ('+1.20 ± 0.35'), the gain alone without one; '—' when missing."""
+    if is_missing(value):
+        return "—"
+    return fmt(value, digits, signed=True) + ("" if is_missing(std) else f" ± {std:.{digits}f}")
+
+
 def fmt_count(value: Any) -> str:
     """Parameter counts as 30.47M / 812.3K."""
     if is_missing(value):

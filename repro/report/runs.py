@@ -74,6 +74,18 @@ class Run:
             self._metrics = read_metrics(self.path / "metrics.jsonl")
         return self._metrics
 
+    @property
+    def erf(self) -> dict[str, Any] | None:
+        """The run's erf.json (written by `repro erf`), or None when it has none."""
+        path = self.path / "erf.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ReproError(f"{path} is not valid JSON ({exc}); run `repro erf {self.path}` again to rewrite "
+                             "it") from None
+
     def recipe(self, *, with_distill: bool = True) -> tuple[tuple[str, str], ...]:
         """Config entries that change results (no seed, paths or bookkeeping), as a hashable tuple."""
         items = []
@@ -94,7 +106,8 @@ def _flatten(d: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Parse metrics.jsonl; a truncated last line (a run killed mid-write) is skipped."""
+    """The evaluation rows of metrics.jsonl (per-step `train` and `sparse` records are left out); a truncated
+    last line (a run killed mid-write) is skipped."""
     if not path.is_file():
         return []
     rows = []
@@ -103,12 +116,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
             raise ReproError(f"{path}: line {i + 1} is not JSON; the file should hold one JSON object per line "
                              "as written by `repro train`") from None
+        if row.get("kind", "eval") == "eval":
+            rows.append(row)
     return rows
 
 

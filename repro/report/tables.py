@@ -21,8 +21,8 @@ import pandas as pd
 
 from ..distill import direct_gain, effective_gain
 from ..errors import ReproError
-from .labels import (fmt, fmt_count, fmt_duration, fmt_mean_std, hardware_label, is_missing, method_label,
-                     model_label)
+from .labels import (fmt, fmt_count, fmt_duration, fmt_gain, fmt_mean_std, hardware_label, is_missing,
+                     method_label, model_label)
 from .runs import Run
 
 BASES = ("last", "best")
@@ -235,9 +235,11 @@ def runs_markdown(table: pd.DataFrame) -> str:
         epochs = str(r["epochs_total"]) if r["epochs_done"] == r["epochs_total"] \
             else f"{r['epochs_done']}/{r['epochs_total']}"
         rows.append([r["run"], model, r["dataset"], str(r["img_size"]), str(r["seed"]), params, fmt(r["top1"]),
-                     fmt(r["top5"]), epochs, fmt_duration(r["wall_time_s"]), r["hardware"], r["status"]])
-    return markdown_table(["Run", "Model", "Dataset", "Image size", "Seed", "Params", "Top-1", "Top-5", "Epochs",
-                           "Wall time", "GPU", "Status"], rows, numeric={5, 6, 7, 9})
+                     fmt(r["top5"]), r["split"] or "—", epochs, fmt_duration(r["wall_time_s"]), r["hardware"],
+                     r["status"]])
+    # Split: where the top-1/top-5 were measured (test, or the held-out val split before the final test).
+    return markdown_table(["Run", "Model", "Dataset", "Image size", "Seed", "Params", "Top-1", "Top-5", "Split",
+                           "Epochs", "Wall time", "GPU", "Status"], rows, numeric={5, 6, 7, 10})
 
 
 # --- paper vs reproduction -------------------------------------------------------------------------------
@@ -345,11 +347,24 @@ def paper_vs_reproduction_markdown(table: pd.DataFrame) -> str:
 
 _GRID_COLUMNS = ["student", "student_name", "teacher", "teacher_name", "method", "dataset", "img_size", "epochs",
                  "recipe", "top1_mean", "top1_std", "n", "alone_top1_mean", "alone_top1_std", "alone_n",
-                 "teacher_top1", "direct_gain", "effective_gain", "basis", "status", "seeds", "runs", "alone_runs"]
+                 "teacher_top1", "direct_gain", "direct_gain_std", "effective_gain", "effective_gain_std", "basis",
+                 "status", "seeds", "runs", "alone_runs"]
 
 
-def _teacher_accuracy(run: Run, by_path: dict[Path, Run], basis: str) -> float:
-    """The teacher's top-1: from its run folder when it is among the runs, else as recorded in the summary."""
+def difference_std(std_a: float, n_a: int, std_b: float, n_b: int) -> float:
+    """Standard deviation of the difference of two means, sqrt(s_a^2/n_a + s_b^2/n_b), from seed standard
+    deviations s and run counts n; a side with a single run takes the other side's s (the same student and
+    recipe, so the same seed-to-seed spread). NaN unless one side has two runs or more."""
+    known = [s for s, n in ((std_a, n_a), (std_b, n_b)) if n >= 2 and not is_missing(s)]
+    if not known or n_a < 1 or n_b < 1:
+        return float("nan")
+    s_a = std_a if n_a >= 2 and not is_missing(std_a) else known[0]
+    s_b = std_b if n_b >= 2 and not is_missing(std_b) else known[0]
+    return float(np.sqrt(s_a ** 2 / n_a + s_b ** 2 / n_b))
+
+
+def teacher_run(run: Run, by_path: dict[Path, Run]) -> Run | None:
+    """The run among `by_path` (resolved folder -> run) that a distilled run's teacher weights came from."""
     d = run.distill or {}
     path = d.get("teacher_path")
     if path:
@@ -360,7 +375,7 @@ def _teacher_accuracy(run: Run, by_path: dict[Path, Run], basis: str) -> float:
             start = start.resolve()
             for candidate in [start, *start.parents]:
                 if candidate in by_path:
-                    return score(by_path[candidate], basis)["top1"]
+                    return by_path[candidate]
         if not p.is_absolute():
             # Reported from elsewhere: a run folder whose path ends with the recorded path (or a prefix of
             # it, for a checkpoint file inside the folder).
@@ -370,8 +385,14 @@ def _teacher_accuracy(run: Run, by_path: dict[Path, Run], basis: str) -> float:
                     continue
                 for folder, teacher in by_path.items():
                     if folder.parts[-n:] == tail:
-                        return score(teacher, basis)["top1"]
-    return _num(d.get("teacher_top1"))
+                        return teacher
+    return None
+
+
+def _teacher_accuracy(run: Run, by_path: dict[Path, Run], basis: str) -> float:
+    """The teacher's top-1: from its run folder when it is among the runs, else as recorded in the summary."""
+    teacher = teacher_run(run, by_path)
+    return score(teacher, basis)["top1"] if teacher is not None else _num((run.distill or {}).get("teacher_top1"))
 
 
 def distillation_grid(runs: list[Run], basis: str = "last") -> pd.DataFrame:
@@ -403,12 +424,16 @@ def distillation_grid(runs: list[Run], basis: str = "last") -> pd.DataFrame:
             dg = float(direct_gain(t1[0], ref[0])) if comparable else float("nan")
             eg = float(effective_gain(t1[0], ref[0], teacher_acc)) if comparable and not is_missing(teacher_acc) \
                 else float("nan")
+            dg_std = difference_std(t1[1], t1[2], ref[1], ref[2]) if comparable else float("nan")
+            # The teacher's top-1 is one number: Effective Gain's spread is Direct Gain's, scaled.
+            eg_std = dg_std / teacher_acc if not is_missing(eg) and teacher_acc else float("nan")
             rows.append({
                 "student": model_label(g.model), "student_name": g.model, "teacher": model_label(g.teacher),
                 "teacher_name": g.teacher or "", "method": g.method, "dataset": g.dataset, "img_size": g.img_size,
                 "epochs": g.epochs, "recipe": g.recipe_label, "top1_mean": t1[0], "top1_std": t1[1], "n": t1[2],
                 "alone_top1_mean": ref[0], "alone_top1_std": ref[1], "alone_n": ref[2], "teacher_top1": teacher_acc,
-                "direct_gain": dg, "effective_gain": eg, "basis": _joined(scores, "basis"), "status": status,
+                "direct_gain": dg, "direct_gain_std": dg_std, "effective_gain": eg, "effective_gain_std": eg_std,
+                "basis": _joined(scores, "basis"), "status": status,
                 "seeds": _seeds(members), "runs": _run_names(members), "alone_runs": _run_names(ref_runs),
             })
     table = pd.DataFrame(rows, columns=_GRID_COLUMNS)
@@ -428,7 +453,8 @@ def distillation_grid_markdown(table: pd.DataFrame) -> str:
             row.append(r["recipe"] or "—")
         row += [fmt(r["teacher_top1"]), fmt_mean_std(r["top1_mean"], r["top1_std"]), str(r["n"]),
                 fmt_mean_std(r["alone_top1_mean"], r["alone_top1_std"]), str(r["alone_n"]),
-                fmt(r["direct_gain"], signed=True), fmt(r["effective_gain"], 4, signed=True), r["status"]]
+                fmt_gain(r["direct_gain"], r["direct_gain_std"]),
+                fmt_gain(r["effective_gain"], r["effective_gain_std"], 4), r["status"]]
         rows.append(row)
     header = ["Student", "Teacher", "KD", "Dataset", "Image size", "Epochs"] + (["Recipe"] if show_recipe else []) + \
         ["Teacher top-1", "Distilled top-1", "n", "Student alone", "n alone", "Direct Gain", "Effective Gain",

@@ -7,7 +7,7 @@ Typical loop::
     for x, y in loader:
         loss = criterion(model(x), y); loss.backward()
         optimizer.step(); sparsity.step(); optimizer.zero_grad()
-        ema.update(model); sparsity.apply_to(ema.module)
+        ema.update(model); sparsity.apply_to_ema(ema.module)
 
 Works on any nn.Module; checkpoint `sparsity.state_dict()` with the model and optimizer.
 """

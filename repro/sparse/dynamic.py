@@ -12,7 +12,14 @@ Zettlemoyer's sparse-learning library. Same algorithm, with these differences:
   with no communication after construction (the original broadcast every mask at every step);
 - pruning and regrowth change exactly ceil(rate * nonzeros) weights per layer, so nonzero counts are conserved
   exactly (the original's random growth was right only in expectation);
-- optimizer moments (Adam exp_avg / exp_avg_sq, SGD momentum, ...) of pruned and regrown weights are zeroed.
+- three choices of the released code are options: growth may draw positions pruned in the same update
+  (`regrow_pruned`), layers allotted at least `dense_cutoff` density stay dense, and the optimizer moments
+  (Adam exp_avg / exp_avg_sq, SGD momentum, ...) of pruned and regrown weights are zeroed or kept
+  (`reset_moments`). The released behaviour is `regrow_pruned=True, dense_cutoff=0.99, reset_moments=False`
+  (`repro.sparse.official_recipe`); the constructor's defaults are the alternatives.
+
+`apply_to_ema` finishes an EMA update as the released sparse-aware EMA (model_sema.py) does: an EMA entry that
+is zero while its weight is active takes the model's value instead of averaging up from zero.
 """
 import logging
 import math
@@ -76,6 +83,16 @@ def _fill_flat(tensor: torch.Tensor, index: torch.Tensor, value: float) -> None:
         tensor.masked_fill_(where.view(tensor.shape), value)
 
 
+def _set_flat(tensor: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """tensor.reshape(-1)[index] = values, in place, also for non-contiguous (e.g. channels_last) tensors."""
+    if index.numel() == 0:
+        return
+    if tensor.is_contiguous():
+        tensor.view(-1)[index] = values
+    else:
+        tensor[torch.unravel_index(index, tensor.shape)] = values
+
+
 def _check_number(name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
@@ -98,13 +115,14 @@ class DynamicSparsity:
     Call `step()` right after every `optimizer.step()` (also after `scaler.step(optimizer)` under AMP, whether
     or not the scaler skipped the step) and before `optimizer.zero_grad()`. Weights outside the masks are then
     exactly zero. Every `update_frequency` steps each layer prunes its ceil(rate * nonzeros) smallest-magnitude
-    active weights and regrows exactly as many at inactive positions (weights starting at zero).
+    active weights and regrows exactly as many at inactive positions (weights starting at zero). A model EMA
+    is kept sparse by calling `apply_to_ema(ema)` after each of its updates.
 
     Args:
         model: the network (a DistributedDataParallel / DataParallel / torch.compile wrapper is looked through;
             mask names are the inner module's parameter names).
-        optimizer: the optimizer updating the model; moments of pruned and regrown weights are zeroed in its
-            state (any state tensor shaped like the weight). May be None.
+        optimizer: the optimizer updating the model; with `reset_moments`, moments of pruned and regrown
+            weights are zeroed in its state (any state tensor shaped like the weight). May be None.
         sparsity: fraction of zeros over the masked tensors, in [0, 1); 0 makes the object a no-op.
         init: 'snip' (per-layer densities from the global top-k of |w * dL/dw| on `init_batch`, then random
             masks with those counts, as released), 'erk' (Erdos-Renyi-Kernel) or 'uniform'.
@@ -129,6 +147,10 @@ class DynamicSparsity:
         dense_cutoff: layers whose initial density reaches this value stay dense and get no mask (1.0: only
             fully dense layers; the released code used 0.99).
         erk_power_scale: exponent of the ERK raw density (1.0 is standard ERK).
+        reset_moments: True zeroes the optimizer moments of pruned and regrown weights at each update, so a
+            regrown weight starts from a fresh optimizer state (with AdamW its first steps are then several
+            times the normal size: bias correction uses the global step count); False keeps them, as the
+            released code does with AdamW (its SGD path zeroes momentum of masked weights at every step).
     """
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer], *, sparsity: float,
@@ -136,7 +158,7 @@ class DynamicSparsity:
                  total_steps: int, seed: int, prune: str = "magnitude", layers: str = "all",
                  init_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, loss_fn: Optional[Callable] = None,
                  min_prune_rate: float = 0.005, regrow_pruned: bool = False, dense_cutoff: float = 1.0,
-                 erk_power_scale: float = 1.0):
+                 erk_power_scale: float = 1.0, reset_moments: bool = True):
         if not isinstance(model, nn.Module):
             raise ReproError(f"model must be a torch.nn.Module; found {type(model).__name__}.")
         _check_number("sparsity", sparsity, 0.0, 1.0, high_open=True)
@@ -156,6 +178,8 @@ class DynamicSparsity:
             raise ReproError(f"seed must be an integer; found {seed!r}.")
         _check_number("dense_cutoff", dense_cutoff, 0.0, 1.0, low_open=True)
         _check_number("erk_power_scale", erk_power_scale, 0.0, math.inf, high_open=True)
+        if not isinstance(reset_moments, bool):
+            raise ReproError(f"reset_moments must be True or False; found {reset_moments!r}.")
         if optimizer is not None and not hasattr(optimizer, "state"):
             raise ReproError(f"optimizer must be a torch.optim.Optimizer (or None); found {type(optimizer).__name__}.")
 
@@ -171,6 +195,7 @@ class DynamicSparsity:
         self.regrow_pruned = bool(regrow_pruned)
         self.dense_cutoff = float(dense_cutoff)
         self.erk_power_scale = float(erk_power_scale)
+        self.reset_moments = reset_moments
         self.last_update: Optional[dict] = None
         self._step = 0
         self._updates = 0
@@ -180,6 +205,10 @@ class DynamicSparsity:
         self._ever: Dict[str, torch.Tensor] = {}
         self._nnz: Dict[str, int] = {}
         self._ever_count: Dict[str, int] = {}
+        # Active positions whose EMA entry is zero and must take the model's value (see apply_to_ema); regrowth
+        # is recorded only once an EMA is kept, so runs without one carry nothing.
+        self._ema_pending: Dict[str, torch.Tensor] = {}
+        self._ema_kept = False
         self._multipliers: Dict[Tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         self._groups: Optional[list] = None
         if self.sparsity == 0.0:
@@ -214,6 +243,10 @@ class DynamicSparsity:
             self._ever[name] = self._masks[name].clone()
             self._nnz[name] = count
             self._ever_count[name] = count
+            # An EMA copied from the model holds zeros where an active weight starts at exactly zero.
+            zero_active = self._masks[name] & (param.detach() == 0)
+            if bool(zero_active.any()):
+                self._ema_pending[name] = zero_active
         if left_dense:
             logger.info("Left dense (initial density >= %g): %s", self.dense_cutoff, ", ".join(left_dense))
         if not self._masks:
@@ -280,10 +313,8 @@ class DynamicSparsity:
             for params, mults in self._mask_groups():
                 torch._foreach_mul_(params, mults)
 
-    def apply_to(self, module: nn.Module) -> None:
-        """Zero the weights of `module` (e.g. an EMA copy) outside the masks; names may carry a 'module.' prefix."""
-        if not self._masks:
-            return
+    def _copy_targets(self, module: nn.Module, caller: str) -> List[Tuple[str, torch.Tensor]]:
+        """(mask name, tensor) for every masked parameter of `module`, a copy of the masked model."""
         inner = _unwrap(module)
         named = dict(inner.named_parameters())
         targets, missing = [], []
@@ -292,13 +323,53 @@ class DynamicSparsity:
             if t is None:
                 missing.append(name)
             elif tuple(t.shape) != tuple(mask.shape):
-                raise ReproError(f"apply_to: parameter {name} has shape {tuple(t.shape)} in {type(module).__name__} "
+                raise ReproError(f"{caller}: parameter {name} has shape {tuple(t.shape)} in {type(module).__name__} "
                                  f"but its mask has shape {tuple(mask.shape)}; pass a copy of the masked model.")
             else:
                 targets.append((name, t))
         if missing:
-            raise ReproError(f"apply_to: {type(module).__name__} lacks {len(missing)} masked parameters "
+            raise ReproError(f"{caller}: {type(module).__name__} lacks {len(missing)} masked parameters "
                              f"(first: {', '.join(missing[:5])}); pass a copy of the masked model (e.g. its EMA).")
+        return targets
+
+    def apply_to(self, module: nn.Module) -> None:
+        """Zero the weights of `module` (e.g. an EMA copy) outside the masks; names may carry a 'module.' prefix."""
+        if not self._masks:
+            return
+        self._mask_copy(self._copy_targets(module, "apply_to"))
+
+    def apply_to_ema(self, ema: nn.Module) -> None:
+        """Finish an EMA update under sparsity as the released code does (call it right after `ema.update`).
+
+        Entries outside the masks become zero (as `apply_to`), and the EMA entry of a weight that became
+        active since the last call takes the model's current value, where averaging would start it from
+        zero (released model_sema.py: an EMA entry that is 0 while its mask is 1 copies the model). A regrown
+        weight is still zero in the model at the update step, so it copies the model at the first call where
+        the model's value is non-zero. Keeps one EMA in step; names may carry a 'module.' prefix.
+        """
+        if not self._masks:
+            return
+        self._ema_kept = True
+        targets = self._copy_targets(ema, "apply_to_ema")
+        with torch.no_grad():
+            for name, t in targets:
+                pending = self._ema_pending.get(name)
+                if pending is None:
+                    continue
+                source = self._params[name].detach()
+                if pending.device != source.device:  # the model was moved after construction
+                    pending = self._ema_pending[name] = pending.to(source.device)
+                where = torch.nonzero(pending.view(-1)).squeeze(1)
+                model_values = source.reshape(-1)[where]
+                _set_flat(t, where.to(t.device), model_values.to(device=t.device, dtype=t.dtype))
+                # A model value of exactly zero leaves the EMA entry at zero: it copies again next time.
+                _fill_flat(pending, where[model_values != 0], False)
+                if not bool(pending.any()):
+                    del self._ema_pending[name]
+        self._mask_copy(targets)
+
+    def _mask_copy(self, targets: List[Tuple[str, torch.Tensor]]) -> None:
+        """Multiply each (name, tensor) of a model copy by that name's mask, grouped for torch._foreach_mul_."""
         by_kind: Dict[tuple, Tuple[list, list]] = {}
         for name, t in targets:
             params, mults = by_kind.setdefault((t.device, t.dtype), ([], []))
@@ -401,7 +472,7 @@ class DynamicSparsity:
         """Install the new mask, touching only the moved positions: weights, moments, ever-active, multipliers."""
         self._masks[name] = new.view(param.shape)
         _fill_flat(param.detach(), pruned, 0)  # regrown weights are already zero: masks are applied every step
-        if self.optimizer is not None:
+        if self.optimizer is not None and self.reset_moments:
             moved = torch.cat([pruned, grown])
             for value in self.optimizer.state.get(param, {}).values():
                 if torch.is_tensor(value) and value.shape == param.shape:
@@ -409,6 +480,15 @@ class DynamicSparsity:
         ever = self._ever[name].view(-1)
         self._ever_count[name] += int(torch.count_nonzero(~ever[grown]))
         ever[grown] = True
+        pending = self._ema_pending.get(name)
+        if (grown.numel() and self._ema_kept) or pending is not None:
+            if pending is None:
+                pending = self._ema_pending[name] = torch.zeros(param.shape, dtype=torch.bool, device=new.device)
+            elif pending.device != new.device:
+                pending = self._ema_pending[name] = pending.to(new.device)
+            flat = pending.view(-1)
+            flat[pruned] = False
+            flat[grown] = True
         for (mult_name, _, _), mult in self._multipliers.items():
             if mult_name == name:
                 _fill_flat(mult, pruned.to(mult.device), 0)
@@ -438,16 +518,20 @@ class DynamicSparsity:
         return dict(sparsity=self.sparsity, init=self.init, update_frequency=self.update_frequency,
                     prune_rate=self.prune_rate, min_prune_rate=self.min_prune_rate, growth=self.growth,
                     prune=self.prune, total_steps=self.total_steps, seed=self.seed, layers=self.layers,
-                    regrow_pruned=self.regrow_pruned, dense_cutoff=self.dense_cutoff)
+                    regrow_pruned=self.regrow_pruned, dense_cutoff=self.dense_cutoff,
+                    reset_moments=self.reset_moments)
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: packed masks and ever-active masks, step, update count, generator state."""
+        """Everything needed to resume: packed masks, ever-active and EMA-pending masks, step, update count,
+        generator state."""
         return {
             "format": _STATE_FORMAT,
             "names": list(self._masks),
             "shapes": {n: list(m.shape) for n, m in self._masks.items()},
             "masks": {n: _pack(m) for n, m in self._masks.items()},
             "ever_active": {n: _pack(e) for n, e in self._ever.items()},
+            "ema_pending": {n: _pack(e) for n, e in self._ema_pending.items()},
+            "ema_kept": self._ema_kept,
             "step": self._step,
             "updates": self._updates,
             "prune_rate": self.prune_rate_at(self._step),
@@ -470,8 +554,9 @@ class DynamicSparsity:
             raise ReproError("The sparsity state does not fit this model's masks (same model, sparsity, init and "
                              "layers are needed):\n  " + "\n  ".join(problems[:20])
                              + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
-        differences = {k: (v, state.get("config", {}).get(k)) for k, v in self._config().items()
-                       if state.get("config", {}).get(k) != v}
+        saved = dict(state.get("config", {}))
+        saved.setdefault("reset_moments", True)  # states written before the option existed zeroed moments
+        differences = {k: (v, saved.get(k)) for k, v in self._config().items() if saved.get(k) != v}
         if differences:
             logger.warning("Resuming sparsity with settings that differ from the checkpoint (here, saved): %s",
                            differences)
@@ -480,6 +565,10 @@ class DynamicSparsity:
             self._ever[name] = _unpack(state["ever_active"][name], theirs[name]).to(param.device)
             self._nnz[name] = int(torch.count_nonzero(self._masks[name]))
             self._ever_count[name] = int(torch.count_nonzero(self._ever[name]))
+        # States written before EMA tracking existed carry none: nothing is pending.
+        self._ema_pending = {name: _unpack(packed, theirs[name]).to(self._params[name].device)
+                             for name, packed in state.get("ema_pending", {}).items()}
+        self._ema_kept = bool(state.get("ema_kept", False))
         self._step = int(state["step"])
         self._updates = int(state["updates"])
         self._generator.set_state(state["generator"].cpu().to(torch.uint8))

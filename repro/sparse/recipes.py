@@ -23,14 +23,15 @@ def official_recipe(model_name: str) -> dict:
     SNIP init, magnitude pruning, random growth, cosine decay of the rate to 0.005. Two details follow the
     released code rather than the paper's wording: positions pruned in an update can be drawn again by the
     random growth (and then simply stay active, `regrow_pruned=True`), and layers whose initial density
-    reaches 0.99 are left dense (`dense_cutoff=0.99`).
+    reaches 0.99 are left dense (`dense_cutoff=0.99`). The optimizer moments of pruned and regrown weights
+    are kept (`reset_moments=False`), as AdamW's are in the released code.
     """
     key = str(model_name).lower()
     for prefix, (update_frequency, prune_rate) in _SCHEDULES.items():
         if key.startswith(prefix):
             return dict(sparsity=0.4, init="snip", update_frequency=update_frequency, prune_rate=prune_rate,
                         growth="random", prune="magnitude", layers="all", min_prune_rate=0.005,
-                        regrow_pruned=True, dense_cutoff=0.99)
+                        regrow_pruned=True, dense_cutoff=0.99, reset_moments=False)
     raise ReproError(f"No published sparse recipe for model {model_name!r}: expected a name starting with one of "
                      f"{sorted(_SCHEDULES)}. Pass the DynamicSparsity arguments yourself for other models.")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
 import threading
 import time
 
@@ -66,25 +67,79 @@ class TimeBudget:
         return self.elapsed() + step_seconds + margin > self.seconds
 
 
-class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag checked at step boundaries (a second SIGINT interrupts at once)."""
+class RunAborted(KeyboardInterrupt):
+    """A second stop signal: leave now without saving (the checkpoints already written stay)."""
 
-    def __init__(self):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the run checks at step boundaries; a second one aborts at once.
+
+    The first signal is answered immediately on stderr, so a user knows the stop is under way; the run then
+    stops at its next boundary and saves. A second SIGINT or SIGTERM raises RunAborted (a KeyboardInterrupt),
+    which the command line reports in one line. Nested uses share one handler: the command line installs it
+    before start-up, the training loop keeps it, so a signal during start-up, data loading, the final
+    evaluation or the final save is a clean stop too. `phase` names what the run is doing, for the message.
+    """
+
+    _active: "StopSignal | None" = None
+
+    def __init__(self, stream=None):
         self.received: int | None = None
+        self.phase = "training"
         self._previous = {}
+        self._depth = 0
+        self._stream = stream
 
     def __enter__(self) -> "StopSignal":
-        if threading.current_thread() is threading.main_thread():
+        active = StopSignal._active
+        if active is not None and active is not self:
+            self._nested = True  # the outer handler stays in charge and is restored by its own exit
+            return active
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            StopSignal._active = self
         return self
 
+    def _say(self, text: str) -> None:
+        stream = self._stream or sys.stderr
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
     def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
+        if self.received is not None:
+            self._say(f"{name} again: aborting without saving; the checkpoints already written are kept")
+            raise RunAborted(signum)
         self.received = signum
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send it again"
+        when = {"start-up": "as soon as start-up is done, before the first step",
+                "final evaluation": "after the final evaluation"}.get(self.phase, "after this step")
+        self._say(f"{name}: the run will stop {when} and save ({again} to abort without saving)")
 
     def __exit__(self, *exc) -> None:
+        if getattr(self, "_nested", False) or StopSignal._active is not self:
+            return
+        self._depth -= 1
+        if self._depth > 0:
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        StopSignal._active = None
+
+    @classmethod
+    def current(cls) -> "StopSignal | None":
+        """The installed handler, if any."""
+        return cls._active

@@ -1,20 +1,25 @@
 """One checkpoint format: atomic writes with a checksum, newest-valid discovery, and the run's state digest."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
+from ..errors import ReproError
+
 log = logging.getLogger("repro.train")
 
 CKPT_DIR = "checkpoints"
 _CKPT = re.compile(r"^ckpt-(\d{8})\.pt$")
+_TMP = re.compile(r"^\..+\.tmp\d+$")
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -42,15 +47,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(ReproError):
+    """A save that could not complete (disk full, read-only); the previous files are intact."""
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file, fsync and rename, so readers never see a partial file."""
+    """Write via a temporary file, fsync and rename, so readers never see a partial file.
+
+    On failure (a full disk, say) the temporary file is removed and the file under `path` is left as it was.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -59,20 +79,137 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files that killed saves left in a run folder and its checkpoints/ (call under the
+    run's lock, so no live writer owns them)."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / CKPT_DIR):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if _TMP.match(p.name):
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    return removed
+
+
+# The checksum lives inside the checkpoint: in the comment field of the zip file's end record, which torch.load
+# and every zip reader skip. The file under its final name therefore always carries its own checksum.
+_EOCD = b"PK\x05\x06"
+_SEAL = b"repro-sha256:"
+
+
+def seal(data: bytes) -> bytes:
+    """torch.save bytes with their sha256 written into the zip end record's comment."""
+    at = data.rfind(_EOCD)
+    if at < 0 or len(data) - at != 22:
+        raise ValueError("not a torch zip file without a comment")
+    comment = _SEAL + hashlib.sha256(data[: at + 20]).hexdigest().encode()
+    return data[: at + 20] + struct.pack("<H", len(comment)) + comment
+
+
+def verify_seal(data: bytes) -> bool | None:
+    """True when the embedded checksum matches, False when it does not, None when the file carries none."""
+    at = data.rfind(_EOCD)
+    if at < 0 or len(data) < at + 22:
+        return False if data.rfind(_SEAL) >= 0 else None
+    (n,) = struct.unpack("<H", data[at + 20: at + 22])
+    comment = data[at + 22:]
+    if not comment.startswith(_SEAL):
+        return None
+    if len(comment) != n:
+        return False
+    return hashlib.sha256(data[: at + 20]).hexdigest().encode() == comment[len(_SEAL):]
+
+
+def nonfinite_entries(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state that hold a NaN or an infinity.
+
+    One fused max-abs reduction per device and dtype group (torch._foreach_norm with ord=inf), then one
+    transfer: cheap enough to run before every save, on the device the tensors live on.
+    """
+    named: list[tuple[str, torch.Tensor]] = []
+
+    def walk(obj, name):
+        if torch.is_tensor(obj):
+            if obj.is_floating_point() or obj.is_complex():
+                named.append((name, obj.detach()))
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{name}.{i}" if name else str(i))
+
+    walk(state, prefix)
+    if not named:
+        return []
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, t) in enumerate(named):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    bad: list[str] = []
+    for idx in groups.values():
+        norms = torch._foreach_norm([named[i][1] for i in idx], float("inf"))
+        finite = torch.isfinite(torch.stack([n.float() for n in norms])).cpu()
+        bad.extend(named[i][0] for i, ok in zip(idx, finite.tolist()) if not ok)
+    return bad
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Save `state` as checkpoints/ckpt-<step>.pt with a .sha256 beside it; keep the newest `keep`."""
+    """Save `state` as checkpoints/ckpt-<step>.pt (its checksum inside); keep the newest `keep`.
+
+    A state holding non-finite values is never written (`NonFiniteState`), and a full or read-only disk raises
+    CheckpointWriteError naming the newest checkpoint that is still intact.
+    """
     folder = Path(run_dir) / CKPT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
+    bad = nonfinite_entries(state)
+    if bad:
+        raise NonFiniteState(step, bad)
     path = folder / f"ckpt-{step:08d}.pt"
-    atomic_write_bytes(path, data)
-    atomic_write_text(path.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest() + "\n")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(path, seal(buf.getvalue()))
+    except OSError as exc:
+        raise CheckpointWriteError(_write_failure(exc, folder, step)) from None
+    path.with_suffix(".pt.sha256").unlink(missing_ok=True)  # an older format's sidecar, now stale
     for old in list_checkpoints(folder)[keep:]:
         old.unlink(missing_ok=True)
         old.with_suffix(".pt.sha256").unlink(missing_ok=True)
     return path
+
+
+def _write_failure(exc: OSError, folder: Path, step: int) -> str:
+    intact = [p for p in list_checkpoints(folder) if checkpoint_step(p) != step]
+    kept = (f"the checkpoint of step {checkpoint_step(intact[0])} is intact" if intact
+            else "no earlier checkpoint exists")
+    if exc.errno == errno.ENOSPC:
+        what, todo = f"no space left on {_device_of(folder)}", "free some space (or use another --out)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        what, todo = f"{folder} is not writable", "use a writable --out"
+    else:
+        what, todo = f"{exc.strerror or exc}", "check the disk"
+    return f"{what} while saving step {step}; {kept}; {todo} and run the same command again"
+
+
+def _device_of(folder: Path) -> str:
+    """The mount point holding `folder`, as a user would name the disk."""
+    p = Path(os.path.abspath(folder))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
+class NonFiniteState(ReproError):
+    """A state about to be saved holds NaN or infinite values; nothing was written."""
+
+    def __init__(self, step: int, names: list[str]):
+        self.step, self.names = step, names
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        super().__init__(f"the state at step {step} holds non-finite values ({len(names)} tensors: {shown}); "
+                         "it was not saved")
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -90,25 +227,59 @@ def checkpoint_step(path: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """Load a checkpoint after checking its checksum; None (with a warning) when it is corrupt or truncated."""
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any] | None, str | None]:
+    """(state, None) for a sound checkpoint; (None, why) for one that is unreadable, corrupt or non-finite.
+
+    A file of this format carries its checksum inside; an older one may have a .sha256 file beside it. A file
+    with neither cannot be verified by checksum, so it is loaded fully and checked for finite values instead.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        log.warning("skipping unreadable checkpoint %s (%s)", path, exc)
-        return None
+        return None, f"unreadable ({exc.strerror or exc})"
+    sealed = verify_seal(data)
     sidecar = path.with_suffix(".pt.sha256")
-    if sidecar.is_file():
-        expected = sidecar.read_text().strip()
-        if hashlib.sha256(data).hexdigest() != expected:
-            log.warning("skipping checkpoint %s: checksum mismatch (truncated or corrupt)", path)
-            return None
+    if sealed is False:
+        return None, "checksum mismatch (truncated or corrupt)"
+    if sealed is None:
+        if sidecar.is_file():
+            if hashlib.sha256(data).hexdigest() != sidecar.read_text().strip():
+                return None, "checksum mismatch (truncated or corrupt)"
+        else:
+            log.warning("%s carries no checksum (a kill between the two writes of an older version, or a "
+                        "copied file); verifying it by a full load and a finiteness check instead", path)
     try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as exc:  # any unpickling failure means the file is unusable
-        log.warning("skipping checkpoint %s: cannot be read (%s)", path, type(exc).__name__)
+        return None, f"cannot be read ({type(exc).__name__})"
+    if not isinstance(state, dict):
+        return None, "does not hold a checkpoint dictionary"
+    bad = nonfinite_entries({k: state.get(k) for k in ("model", "model_ema", "optimizer", "criterion")})
+    if bad:
+        return None, f"holds non-finite values ({len(bad)} tensors, e.g. {bad[0]})"
+    return state, None
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """Load a sound checkpoint; None (with a warning) when it is corrupt, truncated or non-finite."""
+    state, why = read_checkpoint(path, map_location)
+    if state is None:
+        log.warning("skipping checkpoint %s: %s", path, why)
+    return state
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a bad checkpoint to <name>.bad so it no longer counts as a checkpoint (nor against
+    keep_checkpoints) but stays on disk for inspection; None when the folder is not writable."""
+    path = Path(path)
+    target = path.with_name(path.name + ".bad")
+    try:
+        os.replace(path, target)
+        path.with_suffix(".pt.sha256").unlink(missing_ok=True)
+    except OSError:
         return None
+    return target
 
 
 def candidate_folders(run_dir: Path, extra: Iterable[Path], kaggle_input: Path | None) -> list[Path]:

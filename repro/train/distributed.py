@@ -47,6 +47,15 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def max_across(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Element-wise maximum of `values` over ranks (one collective for several flags)."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def sum_across(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
     """Element-wise sum of `values` over ranks."""
     if not info.enabled:

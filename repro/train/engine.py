@@ -33,19 +33,28 @@ from .. import __version__
 from ..config import RunConfig, config_differences
 from ..device import in_kaggle, kaggle_root, resolve_device, resolve_precision
 from ..errors import ReproError
+from . import hardware
 from .budget import StopSignal, TimeBudget, parse_duration
 from .checkpoint import (
+    CheckpointWriteError,
+    atomic_write_bytes,
     atomic_write_text,
     candidate_folders,
     checkpoint_step,
     list_checkpoints,
-    load_checkpoint,
+    nonfinite_entries,
+    read_checkpoint,
+    remove_stale_temporaries,
     run_of,
     save_checkpoint,
+    set_aside,
     state_digest,
 )
-from .distributed import any_rank, barrier, cleanup, init_distributed
+from .distributed import barrier, cleanup, init_distributed, max_across
 from .evaluate import autocast_context, eval_loader, evaluate_model
+from .metrics import RunLog, StepStats, host_record, peak_memory
+from .resume_check import check_resume_config, different_setup_message
+from .runlock import RunLock
 
 log = logging.getLogger("repro.train")
 _CRASH_AT = os.environ.get("REPRO_CRASH_AT")
@@ -152,6 +161,7 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.out = Path(out_dir)
+        check_resume_config(self.out, cfg, force)  # a wrong --out fails before data loading and SNIP
         self.max_steps = max_steps
         self.budget = TimeBudget(parse_duration(time_budget))
         self.checkpoint_every = checkpoint_every
@@ -168,12 +178,33 @@ class Trainer:
                 raise ReproError(f"--resume-from {folder}: expected a run folder (or its checkpoints/ folder), found "
                                  f"{found} there; fix the path or leave the option out")
         self._forced_diffs: set[str] = set()
+        hardware.check_compile(cfg.train.compile)
         self.device = resolve_device(device)
         self.dist = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        self._build()
+        hardware.configure_kernels(self.device, cfg.train.deterministic)
+        # One process per run folder, taken before anything is written (under torchrun, by rank 0 for all).
+        existed = self.out.exists()
+        self.lock = RunLock(self.out)
+        if self.dist.is_main:
+            self.lock.acquire()
+        try:
+            self._build()
+        except BaseException:
+            self.release(remove_empty=not existed)
+            raise
+
+    def release(self, remove_empty: bool = False) -> None:
+        """Give the run folder back; `remove_empty` also removes a folder this run created and left empty."""
+        self.lock.release()
+        if remove_empty and self.dist.is_main:
+            try:
+                (self.out / ".lock").unlink(missing_ok=True)
+                self.out.rmdir()
+            except OSError:
+                pass
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _build(self) -> None:
@@ -264,6 +295,7 @@ class Trainer:
 
         self.ddp = DDP(self.module, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None) \
             if self.dist.enabled else self.module
+        self._build_step_functions()
 
         # Mutable run state (all of it goes into checkpoints).
         self.step = 0
@@ -271,7 +303,28 @@ class Trainer:
         self.resumes = 0
         self.best = {"top1": None, "epoch": None, "is": None}
         self.last_eval: dict[str, Any] = {}
-        self.epoch_loss = [0.0, 0]
+        self.epoch_loss = [0.0, 0]  # host copy of the device-side sum, fresh after every fetch
+        self.sessions: list[dict] = []  # the environment of every earlier session of this run
+        self.weights: dict[str, Any] = {}  # weights-only files kept in the run folder (final, best)
+        self.stats = StepStats(self.device)
+
+    def _build_step_functions(self) -> None:
+        """The student step and the teacher forward as called in the loop: eager, compiled or graph-replayed."""
+        tc = self.cfg.train
+        self.forward_fn = self.ddp
+        self.teacher_fn = self.teacher
+        self.compile_seconds = None
+        if tc.compile != "off":
+            self.forward_fn = hardware.compiled(self.ddp, "student")
+            if self.teacher is not None and tc.compile == "all":
+                self.teacher_fn = hardware.compiled(self.teacher, "teacher")
+        if self.teacher is not None and tc.teacher_cuda_graph:
+            if self.device.type != "cuda":
+                log.info("train.teacher_cuda_graph applies to CUDA only; the teacher runs eagerly on %s",
+                         self.device)
+            else:
+                from .graphs import GraphedForward
+                self.teacher_fn = GraphedForward(self.teacher_fn, self.device)
 
     def _build_teacher(self):
         from ..distill import load_teacher
@@ -309,7 +362,7 @@ class Trainer:
         kwargs: dict[str, Any] = {"temperature": dc.temperature, "alpha": dc.alpha, "beta": dc.beta}
         if "fd" in dc.method.split("+"):
             kwargs.update(student_channels=feature_channels(self.model), teacher_channels=self.teacher.channels,
-                          fd_weight=dc.fd_weight, fd_loss=dc.fd_loss)
+                          fd_weight=dc.fd_weight, fd_loss=dc.fd_loss, fd_projector=dc.fd_projector)
         if dc.method == "fd":
             kwargs["label_smoothing"] = smoothing
         return build_distill_loss(dc.method, **{k: v for k, v in kwargs.items() if v is not None})
@@ -335,7 +388,8 @@ class Trainer:
                                update_frequency=sc.update_frequency, prune_rate=sc.prune_rate, growth=sc.growth,
                                prune=sc.prune, layers=sc.layers, total_steps=self.steps_total, seed=self.cfg.seed,
                                init_batch=init_batch, min_prune_rate=sc.min_prune_rate,
-                               regrow_pruned=sc.regrow_pruned, dense_cutoff=sc.dense_cutoff)
+                               regrow_pruned=sc.regrow_pruned, dense_cutoff=sc.dense_cutoff,
+                               reset_moments=sc.reset_moments)
 
     # --------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -360,16 +414,25 @@ class Trainer:
             "elapsed": self.elapsed_before + self.budget.elapsed(),
             "resumes": self.resumes,
             "teacher": self.teacher.identity() if self.teacher is not None else None,
+            # What the run was trained on: checked when it continues elsewhere (hardware.py).
+            "precision": self.precision,
+            "world_size": self.dist.world_size,
+            "batch_size": self.cfg.train.batch_size,
+            "accum_steps": self.cfg.train.accum_steps,
+            "sessions": self.sessions + [self._environment()],
+            "weights": dict(self.weights),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a state_dict() (the inverse of state_dict)."""
+    def load_state_dict(self, state: dict, fresh_scaler: bool = False) -> None:
+        """Restore a state_dict() (the inverse of state_dict); `fresh_scaler` keeps this run's new loss scaler
+        (a forced change of precision)."""
         self.step = int(state["step"])
         self.model.load_state_dict(state["model"])
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if not fresh_scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("model_ema") is not None:
             self.ema.module.load_state_dict(state["model_ema"])
         if self.sparsity is not None and state.get("sparsity") is not None:
@@ -379,23 +442,36 @@ class Trainer:
         self.best = dict(state["best"])
         self.last_eval = dict(state.get("last_eval") or {})
         self.epoch_loss = list(state["epoch_loss"])
+        self.stats.set_epoch_loss(self.epoch_loss)
         self.elapsed_before = float(state["elapsed"])
         self.resumes = int(state["resumes"]) + 1
+        self.sessions = list(state.get("sessions") or [])
+        self.weights = dict(state.get("weights") or {})
         self.scheduler.step_update(self.step)
 
     # ---------------------------------------------------------------------------------------------- resume
     def _check_compatible(self, saved_cfg: dict, teacher: dict | None) -> list[str]:
-        diffs = config_differences(saved_cfg, self.cfg)
+        # Batch, accumulation and precision are judged by what they mean (check_hardware), not literally.
+        diffs = hardware.without_hardware_keys(config_differences(saved_cfg, self.cfg))
         if self.teacher is not None and teacher and teacher.get("sha256") != self.teacher.identity().get("sha256"):
             diffs.append(f"teacher weights: sha256 {str(teacher.get('sha256'))[:12]} -> "
                          f"{str(self.teacher.identity().get('sha256'))[:12]}")
         return diffs
 
+    def _check_hardware(self, state: dict, where: Path) -> bool:
+        """Same global batch and precision as the checkpoint (else refused); True for a fresh loss scaler."""
+        train_cfg = (state.get("config") or {}).get("train") or {}
+        saved = {"batch_size": state.get("batch_size", train_cfg.get("batch_size")),
+                 "accum_steps": state.get("accum_steps", train_cfg.get("accum_steps")),
+                 "world_size": state.get("world_size", (state.get("sampler") or {}).get("world_size", 1))}
+        if None not in saved.values():
+            tc = self.cfg.train
+            hardware.check_global_batch(saved, tc.batch_size, self.dist.world_size, tc.accum_steps, where)
+        return hardware.check_precision(hardware.saved_precision(state), self.precision, self.force, where)
+
     def _refuse_or_force(self, diffs: list[str], where: Path) -> None:
         if diffs and not self.force:
-            raise ReproError(
-                f"{where} holds a run with a different setup, so resuming would mix two experiments:\n  "
-                + "\n  ".join(diffs) + "\nUse another --out folder, or --force to resume anyway.")
+            raise ReproError(different_setup_message(where, diffs))
         new = [d for d in diffs if d not in self._forced_diffs]
         if new:  # config.yaml and the checkpoint usually show the same differences: say them once
             log.warning("resuming despite config differences (--force): %s", "; ".join(new))
@@ -420,19 +496,37 @@ class Trainer:
                     continue  # another run's outputs attached to this session
             candidates.extend(list_checkpoints(folder))
         candidates.sort(key=checkpoint_step, reverse=True)
+        bad = []
         for path in candidates:
-            state = load_checkpoint(path, map_location="cpu")
+            state, why = read_checkpoint(path, map_location="cpu")
+            if state is not None and state.get("format") != "repro-checkpoint-1":
+                state, why = None, "not a training checkpoint of this package"
             if state is None:
-                continue
-            if state.get("format") != "repro-checkpoint-1":
-                log.warning("skipping %s: not a training checkpoint of this package", path)
+                log.warning("skipping checkpoint %s: %s", path, why)
+                bad.append(path)
                 continue
             self._refuse_or_force(self._check_compatible(state["config"], state.get("teacher")), path)
-            self.load_state_dict(state)
+            fresh_scaler = self._check_hardware(state, path)
+            self.load_state_dict(state, fresh_scaler=fresh_scaler)
             self._carry_history(path.parent.parent)
+            self._set_aside(bad)
             log.info("resumed from %s at step %d/%d", path, self.step, self.steps_total)
             return path
+        if bad:
+            log.warning("no readable checkpoint among the %d found (newest %s): training starts again from step 0",
+                        len(bad), bad[0])
+        self._set_aside(bad)
         return None
+
+    def _set_aside(self, bad: list[Path]) -> None:
+        """Move this run's own unusable checkpoints out of the way (renamed *.bad), so they never count against
+        keep_checkpoints nor shadow the new ones; checkpoints in other folders are left as they are."""
+        if not self.dist.is_main:
+            return
+        own = (self.out / "checkpoints").resolve()
+        for path in bad:
+            if path.parent.resolve() == own and set_aside(path) is not None:
+                log.info("set %s aside as %s.bad", path.name, path.name)
 
     def _carry_history(self, source_run: Path) -> None:
         """Resuming from another folder (e.g. the previous Kaggle session's output): bring its metrics along."""
@@ -456,17 +550,64 @@ class Trainer:
 
     def _save(self) -> None:
         t0 = time.monotonic()
+        self._end_window()  # the loss check and the epoch sums, before the state is frozen
+        state = self.state_dict()
+        self._check_finite(state)
         if self.dist.is_main:
-            save_checkpoint(self.out, self.step, self.state_dict(), keep=self.cfg.train.keep_checkpoints)
+            save_checkpoint(self.out, self.step, state, keep=self.cfg.train.keep_checkpoints)
             self._write_json("summary.json", self.summary(status="stopped", stop_reason="checkpoint"))
         barrier(self.dist)
         self.budget.record_save(time.monotonic() - t0)
         self._last_save = time.monotonic()
 
+    def _check_finite(self, state: dict) -> None:
+        """Refuse to keep a state with NaN/inf anywhere (model, EMA, optimizer, buffers), agreed over ranks."""
+        bad = nonfinite_entries({k: state[k] for k in ("model", "model_ema", "optimizer", "criterion")})
+        if max_across([float(bool(bad))], self.dist, self.device)[0]:
+            raise self._diverged(None, bad)
+
+    def _diverged(self, first_bad: tuple[int, float] | None, names: list[str] | None = None) -> ReproError:
+        """The one message for a run whose loss or state stopped being finite; nothing after it is saved."""
+        newest = list_checkpoints(self.out / "checkpoints")
+        kept = (f"The newest checkpoint, {newest[0].name} (step {checkpoint_step(newest[0])}), holds finite values "
+                "and is kept; running again resumes from it and will diverge the same way unless the recipe "
+                "changes" if newest else "No checkpoint was written before it")
+        if first_bad is not None:
+            what = f"the loss became {first_bad[1]} at step {first_bad[0]}"
+        else:
+            shown = ", ".join((names or [])[:3])
+            what = f"the state at step {self.step} holds non-finite values ({len(names or [])} tensors, e.g. {shown})"
+        tc = self.cfg.train
+        advice = [f"lower the learning rate (train.lr, now {self.lr:.2e})"]
+        if tc.clip_grad is None:
+            advice.append("set train.clip_grad (e.g. 1.0)")
+        if self.precision != "fp32":
+            advice.append(f"or train in fp32 instead of {self.precision} (--set train.precision=fp32)")
+        return ReproError(f"{what}; training stopped without saving anything after it. {kept}. To fix it, "
+                          + ", ".join(advice) + ".")
+
+    def _write_weights(self, kind: str, which: str, epoch: int) -> None:
+        """weights-<kind>.pt: the raw or EMA weights alone ({'model': state_dict}), written atomically."""
+        module = self.ema.module if which == "ema" and self.ema is not None else self.model
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        if nonfinite_entries(state):
+            log.warning("not writing weights-%s.pt: the %s weights hold non-finite values", kind, which)
+            return
+        name = f"weights-{kind}.pt"
+        if self.dist.is_main:
+            import io
+            buf = io.BytesIO()
+            torch.save({"model": state}, buf)
+            try:
+                atomic_write_bytes(self.out / name, buf.getvalue())
+            except OSError as exc:
+                raise CheckpointWriteError(f"could not write {self.out / name} ({exc.strerror or exc}); "
+                                           "free some space or use a writable --out, then run again") from None
+        self.weights[kind] = {"file": name, "split": self.data.eval_split if kind == "best" else "final",
+                              "epoch": epoch, "step": self.step, "is": which}
+
     def summary(self, status: str, stop_reason: str | None) -> dict:
         """The run's summary.json content (the single source every table and figure is computed from)."""
-        import timm
-        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         le = self.last_eval
         teacher = None
         if self.teacher is not None:
@@ -492,12 +633,21 @@ class Trainer:
             "sparsity": self.cfg.sparse.sparsity, "distill": teacher,
             "wall_time_s": round(self.elapsed_before + self.budget.elapsed(), 3), "resumes": self.resumes,
             "images_per_s": self._images_per_s(), "precision": self.precision,
+            "compile": self.cfg.train.compile, "compile_seconds": self.compile_seconds,
+            "weights_final": self.weights.get("final"), "weights_best": self.weights.get("best"),
             "state_digest": state_digest(self.model.state_dict()),
-            "env": {"torch": torch.__version__, "timm": timm.__version__, "repro": __version__,
-                    "device": str(self.device), "gpu": gpu, "world_size": self.dist.world_size,
-                    "git_revision": git_revision(), "python": platform.python_version(),
-                    "hostname": socket.gethostname(), "kaggle": in_kaggle()},
+            "env": self._environment(),
+            "sessions": self.sessions + [self._environment()],
         }
+
+    def _environment(self) -> dict:
+        """This session's software and hardware (each session of a chained run is recorded in `sessions`)."""
+        import timm
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        return {"torch": torch.__version__, "timm": timm.__version__, "repro": __version__,
+                "device": str(self.device), "gpu": gpu, "world_size": self.dist.world_size,
+                "precision": self.precision, "git_revision": git_revision(), "python": platform.python_version(),
+                "hostname": socket.gethostname(), "kaggle": in_kaggle(), "first_step": self._first_step}
 
     def _teacher_top1(self) -> float | None:
         """The teacher's top-1 as its run reported it, for the weights actually loaded (raw or EMA); None when
@@ -536,19 +686,21 @@ class Trainer:
         res = self._evaluate(self.val_loader)
         raw, ema = res["raw"], res["ema"]
         lr = self.optimizer.param_groups[0]["lr"]
-        train_loss = self.epoch_loss[0] / max(1, self.epoch_loss[1])
+        train_loss = self.epoch_loss[0] / max(1, self.epoch_loss[1])  # fresh: the epoch end fetched it
         row = {"epoch": epoch, "step": self.step, "train_loss": train_loss, "lr": lr,
                "split": self.data.eval_split, "top1": raw["top1"], "top5": raw["top5"], "loss": raw["loss"],
                "top1_ema": ema["top1"] if ema else None, "top5_ema": ema["top5"] if ema else None,
                "images_per_s": self._images_per_s(), "time_s": round(self.elapsed_before + self.budget.elapsed(), 3)}
         self.last_eval = {"top1": raw["top1"], "top5": raw["top5"], "top1_ema": row["top1_ema"],
                           "top5_ema": row["top5_ema"]}
+        improved = False
         for which, acc in (("raw", raw["top1"]), ("ema", row["top1_ema"])):
             if acc is not None and (self.best["top1"] is None or acc > self.best["top1"]):
                 self.best = {"top1": acc, "epoch": epoch, "is": which}
-        if self.dist.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+                improved = True
+        if improved and self.data.eval_split == "val":  # best by held-out data only, never by the test split
+            self._write_weights("best", self.best["is"], epoch)
+        self.runlog.eval(row)
         log.info("epoch %d step %d: %s top1 %.2f top5 %.2f%s", epoch, self.step, self.data.eval_split,
                  raw["top1"], raw["top5"], f" (EMA {row['top1_ema']:.2f})" if ema else "")
 
@@ -562,6 +714,7 @@ class Trainer:
         else:
             scores = self._evaluate(self.test_loader)
         chosen = scores[final_is] or scores["raw"]
+        self._write_weights("final", final_is if scores[final_is] else "raw", self.step // self.steps_per_epoch)
         le.update(test_top1=chosen["top1"], test_top5=chosen["top5"], final_is=final_is,
                   test_top1_raw=scores["raw"]["top1"],
                   test_top1_ema=scores["ema"]["top1"] if scores["ema"] else None)
@@ -583,22 +736,72 @@ class Trainer:
                 return
 
     def _should_stop(self, step_seconds: float, signals: StopSignal) -> str | None:
-        reason = None
+        """Why to stop before the next step, if at all. One process decides at every step (host state only);
+        under DDP the ranks agree at the end of each log_every window, in the same collective as the loss check."""
         if self.max_steps is not None and self.step >= self.max_steps:
-            reason = "max_steps"
-        elif signals.received is not None:
-            reason = "signal"
-        elif self.budget.exhausted(step_seconds):
-            reason = "time_budget"
-        if any_rank(reason is not None, self.dist, self.device):
-            return reason or "signal"
+            return "max_steps"  # the same on every rank: no agreement needed
+        if self.dist.enabled:
+            reason, self._agreed_stop = self._agreed_stop, None
+            return reason
+        return self._local_stop(step_seconds, signals, 1)
+
+    def _local_stop(self, step_seconds: float, signals: StopSignal, steps_ahead: int) -> str | None:
+        if signals.received is not None:
+            return "signal"
+        if self.budget.exhausted(step_seconds * steps_ahead):
+            return "time_budget"
         return None
+
+    _STOP_CODES = (None, "signal", "time_budget")
+
+    def _end_window(self, epoch_end: bool = False, signals: StopSignal | None = None,
+                    step_seconds: float = 0.0) -> None:
+        """Read the window's statistics from the device (one transfer), stop on a non-finite loss, record.
+
+        Under DDP the ranks also agree here on the non-finite check and on stopping (signal, time budget),
+        in one all-reduce; the budget then has to cover the whole next window.
+        """
+        if self.stats.micro == 0:
+            return
+        window_steps = self.step - self._window_start
+        stats = self.stats.fetch()
+        self.epoch_loss = stats["epoch_loss"]
+        stop = self._local_stop(step_seconds, signals, self.cfg.train.log_every) \
+            if (signals is not None and self.dist.enabled) else None
+        check_loss = self.precision != "fp16"  # fp16: the loss scaler skips overflowing steps by design
+        bad = 1.0 if (check_loss and stats["nonfinite"]) else 0.0
+        if self.dist.enabled:
+            bad, code = max_across([bad, float(self._STOP_CODES.index(stop))], self.dist, self.device)
+            self._agreed_stop = self._STOP_CODES[int(code)] if signals is not None else None
+        if bad:
+            raise self._diverged(stats["first_bad"] or (self._window_start, float("nan")))
+        now = time.monotonic()
+        seconds = max(now - self._window_t0, 1e-9)
+        images = window_steps * self.cfg.train.batch_size * self.cfg.train.accum_steps * self.dist.world_size
+        record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                  "lr": self.optimizer.param_groups[0]["lr"],
+                  **{k: stats[k] for k in stats if k not in ("nonfinite", "first_bad", "epoch_loss", "micro")},
+                  "nonfinite_losses": stats["nonfinite"], "images_per_s": images / seconds,
+                  "data_wait": self._data_wait / seconds, "peak_memory_mib": peak_memory(self.device)}
+        self.runlog.train(host_record(record))
+        self._last_loss = stats.get("loss")
+        self._window_start, self._window_t0, self._data_wait = self.step, now, 0.0
 
     def run(self) -> dict:
         """Train until complete or stopped; returns the summary (also written to summary.json)."""
+        try:
+            with StopSignal() as signals:
+                return self._run(signals)
+        finally:
+            self.release()
+
+    def _run(self, signals: StopSignal) -> dict:
         tc = self.cfg.train
+        signals.phase = "start-up"
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for p in remove_stale_temporaries(self.out):
+                log.info("removed %s, left by a save that was interrupted", p.name)
         resumed = self._resume()
         previous = self.out / "summary.json"
         previous = json.loads(previous.read_text()) if previous.is_file() else {}
@@ -614,62 +817,75 @@ class Trainer:
             log.info("training %s on %s: %d steps (%d epochs x %d), lr %.2e, %s on %s", self.cfg.model.name,
                      self.cfg.data.name, self.steps_total, tc.epochs, self.steps_per_epoch, self.lr,
                      self.precision, self.device)
+        self._first_step = self.step
         self._timed_steps, self._timed_images, self._timed_seconds = 0, 0, 0.0
         self._last_save = time.monotonic()
+        self._window_start, self._window_t0, self._data_wait = self.step, time.monotonic(), 0.0
+        self._agreed_stop, self._last_loss = None, None
+        self.runlog = RunLog(self.out, enabled=self.dist.is_main, total_steps=self.steps_total,
+                             first_step=self.step, name=self.cfg.name, log_every=tc.log_every,
+                             tensorboard=tc.tensorboard, progress=self.progress)
         stop_reason = None
-        bar = None
-        if self.progress and self.dist.is_main:
-            import warnings
-            with warnings.catch_warnings():  # without ipywidgets a notebook gets the text bar, which is fine
-                warnings.simplefilter("ignore")
-                from tqdm.auto import tqdm
-            bar = tqdm(total=self.steps_total, initial=self.step, unit="step", dynamic_ncols=True,
-                       desc=self.cfg.name, mininterval=1.0)
         batches = self._micro_batches()
         step_seconds = 0.0
         autocast = autocast_context(self.device, self.precision)
+        signals.phase = "training"
         try:
-            with StopSignal() as signals:
-                while self.step < self.steps_total:
-                    stop_reason = self._should_stop(step_seconds, signals)
-                    if stop_reason:
-                        break
-                    t0 = time.monotonic()
-                    loss_value = self._train_step(batches, autocast)
-                    self.epoch_loss[0] += loss_value
-                    self.epoch_loss[1] += 1
-                    step_seconds = time.monotonic() - t0
-                    if self.step > 1:  # the first step includes warm-up work (allocation, workers)
-                        self._timed_steps += 1
-                        self._timed_seconds += step_seconds
-                        self._timed_images += tc.batch_size * tc.accum_steps * self.dist.world_size
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                        img_s=self._images_per_s(), refresh=False)
-                    epoch_end = self.step % self.steps_per_epoch == 0
-                    if epoch_end:
-                        epoch = self.step // self.steps_per_epoch
-                        if epoch % tc.eval_every == 0 or self.step == self.steps_total:
-                            self._eval_and_log(epoch)
-                        self.epoch_loss = [0.0, 0]
-                    if self.step < self.steps_total and self._checkpoint_due(epoch_end):
-                        self._save()
+            while self.step < self.steps_total:
+                stop_reason = self._should_stop(step_seconds, signals)
+                if stop_reason:
+                    break
+                t0 = time.monotonic()
+                self._train_step(batches, autocast)
+                step_seconds = time.monotonic() - t0
+                if self.step == self._first_step + 1 and tc.compile != "off":
+                    self.compile_seconds = round(step_seconds, 3)
+                    log.info("first step with torch.compile (%s): %.1f s", tc.compile, step_seconds)
+                if self.step > self._first_step + 1:  # the first step includes warm-up work (allocation, workers)
+                    self._timed_steps += 1
+                    self._timed_seconds += step_seconds
+                    self._timed_images += tc.batch_size * tc.accum_steps * self.dist.world_size
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if epoch_end or self.step % tc.log_every == 0:
+                    self._end_window(epoch_end, signals, step_seconds)
+                epoch = self.step // self.steps_per_epoch
+                self.runlog.step(self.step, epoch=epoch, loss=self._last_loss,
+                                 lr=self.optimizer.param_groups[0]["lr"], images_per_s=self._images_per_s())
+                if epoch_end:
+                    if epoch % tc.eval_every == 0 or self.step == self.steps_total:
+                        self._eval_and_log(epoch)
+                    self.stats.reset_epoch()
+                    self.epoch_loss = [0.0, 0]
+                if self.step < self.steps_total and self._checkpoint_due(epoch_end):
+                    self._save()
+            self._end_window()
+            if self.step >= self.steps_total:
+                signals.phase = "final evaluation"
+                self._final_test()
+                status, stop_reason = "complete", None
+            else:
+                status = "stopped"
+            signals.phase = "saving"
+            self._save_final(status, stop_reason)
+        except CheckpointWriteError:
+            self._record_stop("disk")
+            raise
         finally:
-            if bar is not None:
-                bar.close()
-        if self.step >= self.steps_total:
-            self._final_test()
-            status, stop_reason = "complete", None
-        else:
-            status = "stopped"
-        self._save_final(status, stop_reason)
+            self.runlog.close()
         summary = self.summary(status, stop_reason)
         if status == "stopped":
             log.info("stopped (%s) at step %d/%d; %s", stop_reason, self.step, self.steps_total,
                      self._continue_hint(stop_reason))
         cleanup(self.dist)
         return summary
+
+    def _record_stop(self, reason: str) -> None:
+        """Best effort: summary.json says the run stopped (e.g. a full disk), without a new checkpoint."""
+        if self.dist.is_main:
+            try:
+                self._write_json("summary.json", self.summary("stopped", reason))
+            except OSError:
+                pass
 
     def _continue_hint(self, stop_reason: str | None) -> str:
         """How to continue after a stop: the step limit would stop the same command again at once."""
@@ -681,21 +897,31 @@ class Trainer:
     def _checkpoint_due(self, epoch_end: bool) -> bool:
         if self.checkpoint_every is not None:
             return self.step % self.checkpoint_every == 0
-        return epoch_end and time.monotonic() - self._last_save >= 600
+        if not epoch_end:
+            return False
+        due = time.monotonic() - self._last_save >= 600
+        # Clocks differ between ranks: they agree (once an epoch), or one would wait for the others forever.
+        return bool(max_across([float(due)], self.dist, self.device)[0])
 
     def _save_final(self, status: str, stop_reason: str | None) -> None:
+        self._end_window()
+        state = self.state_dict() if self.step > 0 else None
+        if state is not None:
+            self._check_finite(state)
         if self.dist.is_main:
-            if self.step > 0 and not (self.out / "checkpoints" / f"ckpt-{self.step:08d}.pt").is_file():
-                save_checkpoint(self.out, self.step, self.state_dict(), keep=self.cfg.train.keep_checkpoints)
+            if state is not None and not (self.out / "checkpoints" / f"ckpt-{self.step:08d}.pt").is_file():
+                save_checkpoint(self.out, self.step, state, keep=self.cfg.train.keep_checkpoints)
             self._write_json("summary.json", self.summary(status, stop_reason))
         barrier(self.dist)
 
-    def _train_step(self, batches, autocast) -> float:
-        """One optimizer step over `accum_steps` micro-batches; returns the mean loss."""
+    def _train_step(self, batches, autocast) -> None:
+        """One optimizer step over `accum_steps` micro-batches. Nothing here waits for the device: the loss and
+        its parts are summed there (self.stats) and read every log_every steps."""
         tc = self.cfg.train
-        total = 0.0
         for micro in range(tc.accum_steps):
+            t_wait = time.monotonic()
             images, targets = next(batches)
+            self._data_wait += time.monotonic() - t_wait
             if _CRASH_AT == f"{self.step}:{micro}":  # fault injection for the kill -9 resume tests
                 os.kill(os.getpid(), signal.SIGKILL)
             seed_all(step_seed(self.cfg.seed, self.dist.rank, self.step * tc.accum_steps + micro))
@@ -707,35 +933,31 @@ class Trainer:
                 images, targets = self.mixup(images, targets)
             t_logits = t_map = None
             if self.teacher is not None:
-                t_logits, t_map = self.teacher(images)
+                t_logits, t_map = self.teacher_fn(images)
             last = micro == tc.accum_steps - 1
             sync = nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
             with sync:
                 with autocast:
-                    loss, _ = self.ddp(images, targets, t_logits, t_map, step=self.step)
-                # Every rank takes the same decision, so a NaN on one GPU cannot leave the others waiting.
-                if self.precision != "fp16" and any_rank(not torch.isfinite(loss), self.dist, self.device):
-                    raise ReproError(
-                        f"the loss became {loss.item()} at step {self.step} (micro-batch {micro}); training stopped "
-                        f"without saving it. The last good checkpoint in {self.out / 'checkpoints'} is kept. "
-                        "Lower the learning rate (train.lr), enable clip_grad, or use fp32.")
+                    loss, parts = self.forward_fn(images, targets, t_logits, t_map, step=self.step)
+                self.stats.add(loss, parts, self.step)
                 self.scaler.scale(loss / tc.accum_steps).backward()
-            total += loss.item()
+        self.stats.end_step(tc.accum_steps)
         if tc.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), tc.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.sparsity is not None:
-            self.sparsity.step()
+            update = self.sparsity.step()
+            if update:
+                self.runlog.sparse(update)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.scheduler.step_update(self.step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
             if self.sparsity is not None:
-                self.sparsity.apply_to(self.ema.module)
-        return total / tc.accum_steps
+                self.sparsity.apply_to_ema(self.ema.module)
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, max_steps: int | None = None,
@@ -746,9 +968,13 @@ def train(cfg: RunConfig, out_dir: str | Path, *, max_steps: int | None = None,
     if done is not None:  # before any data loading or model building: a finished run costs nothing
         log.info("%s is already complete (%s steps); nothing to do", out_dir, done.get("steps_done"))
         return done
-    return Trainer(cfg, out_dir, max_steps=max_steps, time_budget=time_budget,
-                   checkpoint_every=checkpoint_every, device=device, resume_from=resume_from, force=force,
-                   progress=progress).run()
+    # Signals are stop requests from here on: during start-up and data loading too, not only in the loop.
+    with StopSignal() as signals:
+        signals.phase = "start-up"
+        trainer = Trainer(cfg, out_dir, max_steps=max_steps, time_budget=time_budget,
+                          checkpoint_every=checkpoint_every, device=device, resume_from=resume_from, force=force,
+                          progress=progress)
+        return trainer.run()
 
 
 def _complete_summary(cfg: RunConfig, out: Path) -> dict | None:

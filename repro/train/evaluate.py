@@ -36,7 +36,8 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     """
     was_training = model.training
     model.eval()
-    correct1 = correct5 = loss_sum = n = 0.0
+    # Sums stay on the device (float64: the same arithmetic as adding .item()s on the host), read once at the end.
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss, n
     index = torch.as_tensor(list(class_index_map), device=device) if class_index_map is not None else None
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
@@ -48,16 +49,15 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, device: torch.dev
         logits = logits.float()
         if index is not None:
             logits = logits[:, index]
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top.eq(targets[:, None])
-        correct1 += hit[:, 0].sum().item()
-        correct5 += hit.any(dim=1).sum().item()
-        n += targets.numel()
+        sums += torch.stack([hit[:, 0].sum().double(), hit.any(dim=1).sum().double(),
+                             F.cross_entropy(logits, targets, reduction="sum").double(),
+                             sums.new_full((), float(targets.numel()))])
         if progress is not None:
             progress.update(1)
-    correct1, correct5, loss_sum, n = sum_across([correct1, correct5, loss_sum, n], dist_info, device)
+    correct1, correct5, loss_sum, n = sum_across(sums.tolist(), dist_info, device)
     model.train(was_training)
     if n == 0:
         return {"top1": None, "top5": None, "loss": None, "n": 0}
