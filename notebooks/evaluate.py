@@ -37,7 +37,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from repro.train import evaluate
+from repro.logs import notebook_logging
+
+notebook_logging()  # progress to stdout, problems to stderr; before timm's import, which would warn about tqdm
+from repro.train import evaluate  # noqa: E402
 
 result = evaluate(checkpoint, model_name=model, data_overrides=overrides, device=device, split=split,
                   use_ema=use_ema, batch_size=batch_size, deploy=deploy)

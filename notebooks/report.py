@@ -29,7 +29,10 @@ basis = "last"  # "last": the final model's accuracy; "best": the best evaluatio
 # %%
 from IPython.display import Image, Markdown, display
 
+from repro.logs import notebook_logging
 from repro.report import build_report
+
+notebook_logging()  # notes to stdout, problems to stderr: papermill.log keeps their levels apart
 
 written = build_report(runs, out_dir, title=title, basis=basis)
 print(f"report: {written['report']}")

@@ -42,14 +42,13 @@ resume_from = []  # extra read-only run folders to resume from (e.g. a previous 
 nproc = 1  # processes (GPUs) to train with; > 1 launches torchrun in a child process
 
 # %%
-import logging
-
 from IPython.display import Image, display
 
 from repro.config import load_config
+from repro.logs import notebook_logging
 from repro.report import run_curves, run_overview
 
-logging.basicConfig(level=logging.INFO, format="%(message)s")
+notebook_logging()  # progress to stdout, problems to stderr: papermill.log keeps their levels apart
 preset = None if config_file else preset
 cfg = load_config(preset, config_file, list(overrides) + ([f"seed={seed}"] if seed is not None else []))
 print(cfg.to_yaml())

@@ -59,6 +59,9 @@ class DataConfig:
         eval_batch_size: batch for evaluation; None uses the training batch size.
         robustness_root: ImageNet-A/-R/-Sketch style folder for robustness evaluation.
         train_limit: train on a fixed stratified subset of this many images (smoke tests); None uses all.
+        augment_on: where training images are augmented: cpu (PIL, in DataLoader workers), device (batched
+            on the training device; in-memory datasets at 32x32: cifar10, cifar100, digits), or auto (device
+            on CUDA where it applies, else cpu). Same augmentation either way (repro.data.device_augment).
     """
 
     name: str = "digits"
@@ -73,6 +76,7 @@ class DataConfig:
     eval_batch_size: int | None = None
     robustness_root: str | None = None
     train_limit: int | None = None
+    augment_on: str = "auto"
 
 
 @dataclass
@@ -269,6 +273,22 @@ class _Range:
                 f"(set e.g. --set {self.key}={self.suggest})")
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """The allowed values of one text key."""
+
+    key: str
+    choices: tuple[str, ...]
+    why: str = ""
+
+    def check(self, value: Any, values: dict) -> str | None:
+        if value in self.choices:
+            return None
+        why = f" ({self.why})" if self.why else ""
+        return (f"{self.key} must be one of {', '.join(self.choices)}{why}, found {value!r} "
+                f"(set e.g. --set {self.key}={self.choices[0]})")
+
+
 def _open_unit(v: Any, _: dict) -> bool:
     return 0 <= v < 1
 
@@ -296,6 +316,7 @@ _RANGES = (
     _Range("data.eval_batch_size", "1 or more, or null", _at_least_one, "null",
            "null uses train.batch_size"),
     _Range("data.train_limit", "1 or more, or null", _at_least_one, "null", "null trains on every image"),
+    _Choice("data.augment_on", ("auto", "cpu", "device"), "auto: on the GPU for in-memory datasets, else cpu"),
     _Range("train.epochs", "1 or more", _at_least_one, "300"),
     _Range("train.batch_size", "1 or more", _at_least_one, "128"),
     _Range("train.accum_steps", "1 or more", _at_least_one, "1"),

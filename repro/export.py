@@ -177,8 +177,10 @@ def _record(cfg_dict: dict, num_classes: int, picked: dict, form: str) -> dict:
     if picked["selected"] == "best":
         top1 = summary.get("best_top1")
     elif picked["selected"] == "final" and summary.get("status") == "complete":
+        # The final model's reported number is its test-split score, when the run has one.
         epoch = summary.get("epochs_done") if epoch is None else epoch
-        if summary.get("test_top1") is not None and split in (None, "test"):
+        split = None
+        if summary.get("test_top1") is not None:
             split, top1 = "test", summary.get("test_top1")
     return {
         "format": EXPORT_FORMAT, "model": cfg.model.name, "num_classes": int(num_classes),

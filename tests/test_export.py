@@ -134,24 +134,27 @@ def test_deploy_of_a_model_without_deploy_form_says_training(timm_run, tmp_path)
 
 
 def test_best_weights_come_from_the_kept_file(slak_run, tmp_path):
+    summary = json.loads((slak_run / "summary.json").read_text())
+    kept = summary["weights_best"]  # the engine's weights-best.pt: the best held-out evaluation's weights
+    res = export_weights(slak_run, tmp_path / "best.safetensors", weights="best")
+    assert (res["selected"], res["weights"], res["split"], res["epoch"]) == ("best", kept["is"], "val", kept["epoch"])
+    assert res["top1"] == summary["best_top1"] and res["source"] == str(slak_run / kept["file"])
+    loaded = create_model("slak_micro", num_classes=10, img_size=32, pretrained_file=str(tmp_path / "best.safetensors"))
+    expected = create_model("slak_micro", num_classes=10, img_size=32)
+    expected.load_state_dict(torch.load(slak_run / kept["file"], weights_only=True)["model"])
+    assert torch.equal(_outputs(loaded), _outputs(expected))
+    # The kept file itself is a valid source too, exported as what it holds.
+    assert export_weights(slak_run / kept["file"], tmp_path / "b2.pt")["selected"] == "best"
+
     run = tmp_path / "run"
     shutil.copytree(slak_run, run)
-    with pytest.raises(ReproError, match="no best weights: its summary.json has no 'weights_best'.*--weights final"):
-        export_weights(run, tmp_path / "best.pt", weights="best")
-    # What the engine keeps: a plain {'model': state_dict} file named in summary.json.
-    ckpt = torch.load(list_checkpoints(run / "checkpoints")[0], map_location="cpu", weights_only=False)
-    torch.save({"model": ckpt["model_ema"]}, run / "weights-best.pt")
-    summary = json.loads((run / "summary.json").read_text())
-    summary["weights_best"] = {"file": "weights-best.pt", "split": "val", "epoch": 1, "is": "ema"}
-    (run / "summary.json").write_text(json.dumps(summary))
-    res = export_weights(run, tmp_path / "best.safetensors", weights="best")
-    assert (res["selected"], res["weights"], res["split"], res["epoch"]) == ("best", "ema", "val", 1)
-    loaded = create_model("slak_micro", num_classes=10, img_size=32, pretrained_file=str(tmp_path / "best.safetensors"))
-    assert torch.equal(_outputs(loaded), _outputs(_run_model(slak_run, "model_ema")))
-    # The kept file itself is a valid source too, exported as what it holds.
-    assert export_weights(run / "weights-best.pt", tmp_path / "b2.pt")["selected"] == "best"
     (run / "weights-best.pt").unlink()
     with pytest.raises(ReproError, match="names weights-best.pt .* but the file is missing"):
+        export_weights(run, tmp_path / "best.pt", weights="best")
+    # A run trained before the engine kept its best weights says what is missing and what to do.
+    del summary["weights_best"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ReproError, match="no best weights: its summary.json has no 'weights_best'.*--weights final"):
         export_weights(run, tmp_path / "best.pt", weights="best")
 
 
@@ -191,5 +194,8 @@ def test_cli_export_says_what_the_file_holds(slak_run, tmp_path, capsys):
     assert main(["export", str(slak_run), "--out", str(tmp_path / "t.pt")]) == 0
     text = capsys.readouterr().out
     assert "form:  training" in text and "released SLaK layout" in text and "pretrained_file=" in text
-    assert main(["export", str(slak_run), "--weights", "best", "--out", str(tmp_path / "b.pt")]) == 2
-    assert "has no best weights" in capsys.readouterr().err
+    assert main(["export", str(slak_run), "--weights", "best", "--out", str(tmp_path / "b.pt")]) == 0
+    assert "the run's best held-out evaluation (epoch 1, val top-1" in capsys.readouterr().out
+    assert main(["export", str(slak_run), "--weights", "best", "--out", str(tmp_path / "b.txt"),
+                 "--format", "safetensors"]) == 2
+    assert "does not match the file name" in capsys.readouterr().err

@@ -134,6 +134,65 @@ def test_distillation_grid_gains(runs):
     assert math.isnan(stopped["direct_gain"]) and math.isnan(stopped["effective_gain"])
 
 
+def test_direct_gain_carries_its_uncertainty(runs):
+    """± is the standard deviation of the difference of the two means; one run on a side takes the other's
+    seed standard deviation; two single runs have none."""
+    from repro.report.tables import difference_std, distillation_grid_markdown
+    grid = distillation_grid(runs).set_index(["method", "status"])
+    alone = [read_run(RUNS / f"digits-student-s{i}").summary["test_top1"] for i in (0, 1)]
+    nkd_runs = [read_run(RUNS / f"digits-student-nkd-s{i}").summary["test_top1"] for i in (0, 1)]
+    s_alone, s_nkd = np.std(alone, ddof=1), np.std(nkd_runs, ddof=1)
+    nkd, kd = grid.loc[("nkd", "complete")], grid.loc[("kd", "complete")]
+    assert nkd["direct_gain_std"] == pytest.approx(math.sqrt(s_nkd ** 2 / 2 + s_alone ** 2 / 2))
+    assert (kd["n"], kd["alone_n"]) == (1, 2)
+    assert kd["direct_gain_std"] == pytest.approx(math.sqrt(s_alone ** 2 / 1 + s_alone ** 2 / 2))
+    assert nkd["effective_gain_std"] == pytest.approx(nkd["direct_gain_std"] / nkd["teacher_top1"])
+    assert math.isnan(difference_std(float("nan"), 1, float("nan"), 1))
+    assert difference_std(1.0, 3, 2.0, 4) == pytest.approx(math.sqrt(1 / 3 + 4 / 4))
+    text = distillation_grid_markdown(distillation_grid(runs))
+    assert f"+{kd['direct_gain']:.2f} ± {kd['direct_gain_std']:.2f}" in text
+
+
+def test_runs_table_names_the_split_of_each_top1(runs):
+    from repro.report.tables import runs_markdown
+    table = runs_table(runs).set_index("run")
+    assert table.loc["slak-t-cifar100-s0", "split"] == "test"
+    lines = runs_markdown(runs_table(runs)).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[6:9] == ["Top-1", "Top-5", "Split"]
+    row = next(line for line in lines if line.startswith("| slak-t-cifar100-s0 "))
+    assert [c.strip() for c in row.strip("|").split("|")][8] == "test"
+
+
+def test_teacher_student_figure_shows_differences_n_and_gains(runs):
+    from repro.report.figures import teacher_student_figure
+    grid = distillation_grid(runs)
+    fig = teacher_student_figure(grid[grid["dataset"] == "digits"])
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    # Zoomed to the numbers (82-94 here), not 0-100, where a gain of a point or two would not show.
+    assert 70 <= low < 88 and high < 100
+    texts = [t.get_text() for t in ax.texts]
+    kd = grid[(grid["method"] == "kd")].iloc[0]
+    assert f"Direct Gain {kd['direct_gain']:+.2f} ± {kd['direct_gain_std']:.2f}" in texts
+    assert any("n=2" in t for t in texts) and any("n=1" in t for t in texts)
+    assert "axis from" in ax.get_ylabel()
+
+
+def test_loss_curves_of_different_definitions_get_their_own_panels(runs):
+    from repro.report.figures import curves_figure, loss_definition
+    digits = [r for r in runs if r.summary["dataset"] == "digits"]
+    assert {loss_definition(r) for r in digits} == {"CE", "CE + KD", "CE + NKD"}
+    fig = curves_figure(digits)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels[:3] == ["training loss (CE)", "training loss (CE + KD)", "training loss (CE + NKD)"]
+    assert len(fig.axes) == 5 and labels[3].startswith("top-1")
+    # Each loss panel holds exactly the runs of its definition.
+    assert len(fig.axes[1].lines) == sum(r.method == "kd" for r in digits)
+    one = curves_figure([r for r in digits if r.method is None])
+    assert [ax.get_ylabel() for ax in one.axes][0] == "training loss (CE)" and len(one.axes) == 3
+
+
 def test_best_basis_reads_best_epoch_and_its_top5(runs):
     table = runs_table(runs, basis="best").set_index("run")
     row = table.loc["slak-b-cifar100"]

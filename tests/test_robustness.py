@@ -3,7 +3,6 @@ the mCE arithmetic, `repro eval --robustness` writing robustness.json, and the r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -90,6 +89,9 @@ def test_generated_corruptions_are_deterministic_from_the_seed(tmp_path):
         assert not np.array_equal(b, generate_corruption(images, name, seed=0, frost_folder=frost)), name
     for name in ("contrast", "brightness", "pixelate", "jpeg_compression", "defocus_blur", "saturate"):
         assert np.array_equal(generate_corruption(images, name, seed=1), generate_corruption(images, name, seed=0))
+    # Several processes make the same images.
+    assert np.array_equal(generate_corruption(images, "glass_blur", seed=0, workers=2),
+                          generate_corruption(images, "glass_blur", seed=0))
     # Block s, row i is corrupt(image i, severity s) with that image's own seeded generator.
     a = generate_corruption(images, "shot_noise", seed=5)
     rng = np.random.default_rng(image_seed(5, "shot_noise", 4, 2))
@@ -375,6 +377,13 @@ def test_repro_eval_robustness_writes_robustness_json(tiny_run, tmp_path, capsys
     # An earlier checkpoint has no run folder to write to.
     assert main(["eval", "--checkpoint", str(baseline), "--robustness", *common]) == 2
     assert "pass --out DIR" in capsys.readouterr().err
+    # A baseline scored on other images (another seed) is refused, not compared.
+    other = json.loads((out / "robustness.json").read_text())
+    other["corruption"]["seed"] = 9
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["eval", "--checkpoint", str(run), "--robustness", "--baseline", str(tmp_path / "other.json"),
+                 *common]) == 2
+    assert "scored on other corruption images (seed 0 for the model, 9 for the baseline)" in capsys.readouterr().err
 
 
 def test_report_robustness_table(tiny_run, tmp_path):

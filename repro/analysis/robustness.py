@@ -28,7 +28,7 @@ log = logging.getLogger("repro.analysis")
 ROBUSTNESS_JSON = "robustness.json"
 FORMAT = 1
 # What must agree between a model's and its baseline's corruption scores for their errors to be compared.
-_SAME_BENCHMARK = ("benchmark", "source", "seed", "generator_version")
+_SAME_BENCHMARK = ("benchmark", "source", "seed", "generator_version", "split_sha256")
 
 
 def _main_corruptions() -> tuple[str, ...]:
@@ -99,13 +99,12 @@ def corruption_errors(scores: Mapping, baseline: Mapping, *, clean: float | None
             "corruptions": list(ce)}
 
 
-def benchmark_mismatch(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
-    """Why two corruption records cannot be compared (different images), or None when they can."""
-    for key in _SAME_BENCHMARK:
-        if a.get(key) != b.get(key):
-            return f"{key} {a.get(key)!r} vs {b.get(key)!r}"
-    if a.get("source") == "published" and a.get("benchmark") == "ImageNet-C" and a.get("limit") != b.get("limit"):
-        return f"image limit {a.get('limit')} vs {b.get('limit')}"
+def benchmark_mismatch(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> str | None:
+    """Why a model's and a baseline's corruption records cannot be compared (other images), or None."""
+    keys = _SAME_BENCHMARK + (("limit",) if model.get("benchmark") == "ImageNet-C" else ())
+    for key in keys:
+        if model.get(key) != baseline.get(key):
+            return f"{key} {model.get(key)!r} for the model, {baseline.get(key)!r} for the baseline"
     return None
 
 
@@ -128,7 +127,8 @@ def robustness_record(raw: Mapping[str, Any], baseline: Mapping[str, Any] | None
     summary = summarize_corruptions(bench["scores"])
     clean = (bench.get("clean") or {}).get("top1")
     corruption = {k: bench.get(k) for k in ("benchmark", "source", "folder", "seed", "generator_version",
-                                            "images_per_severity", "limit", "severities", "unavailable")}
+                                            "split_sha256", "images_per_severity", "limit", "severities",
+                                            "unavailable")}
     corruption.update(clean_top1=clean, **summary, scores=bench["scores"])
     corruption["mce"] = _mce_entry(bench, clean, baseline)
     record["corruption"] = corruption

@@ -14,10 +14,15 @@ robustness.
 To resume mid-epoch: `sampler.load_state_dict(saved)` (or set_epoch + set_start(samples done on this rank))
 and build the loader again; the batches, including their random augmentation, are those an uninterrupted
 run would have seen.
+
+`build_device_loader` is the drop-in for in-memory datasets that keeps the uint8 training set on the training
+device and augments each batch there (`data.augment_on`, chosen by `resolve_augment_on`); each sample gets the
+augmentation the PIL path would give it.
 """
 from .build import DATASET_NAMES, SPLIT_SEED, DataBundle, build_data, build_imagenet_c_sets, build_robustness_sets
 from .cifar import DataWarning
 from .datasets import stratified_split
+from .device_augment import AUGMENT_ON_CHOICES, DEVICE_DATASETS, build_device_loader, resolve_augment_on
 from .digits import DIGITS_MEAN, DIGITS_STD
 from .folders import IMAGENET_NUM_CLASSES, imagenet_wnids, load_robustness_folder
 from .loader import PerSampleSeeded, ResumableSampler, build_loader, derive_seed, seeded_rngs
@@ -29,4 +34,5 @@ __all__ = [
     "stratified_split", "DIGITS_MEAN", "DIGITS_STD", "IMAGENET_NUM_CLASSES", "imagenet_wnids",
     "load_robustness_folder", "PerSampleSeeded", "ResumableSampler", "build_loader", "derive_seed",
     "seeded_rngs", "dataset_mean_std", "eval_transform", "train_transform",
+    "AUGMENT_ON_CHOICES", "DEVICE_DATASETS", "build_device_loader", "resolve_augment_on",
 ]

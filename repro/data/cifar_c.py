@@ -66,6 +66,7 @@ class CorruptionBenchmark:
     corruptions: list[str]
     seed: int | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # corruption -> why it is not in the benchmark
+    split_sha256: str | None = None  # of the test split a generated set was made from
 
     def images(self, corruption: str, severity: int, limit: int | None = None) -> np.ndarray:
         """The (n, 32, 32, 3) uint8 images of one corruption and severity (memory-mapped); n = limit or all."""
@@ -90,7 +91,8 @@ class CorruptionBenchmark:
         """What robustness.json records about where the images came from."""
         return {"benchmark": self.name, "source": self.source, "folder": str(self.folder),
                 "seed": self.seed, "images_per_severity": self.per_severity,
-                "generator_version": GENERATOR_VERSION if self.source == "generated" else None}
+                "generator_version": GENERATOR_VERSION if self.source == "generated" else None,
+                "split_sha256": self.split_sha256}
 
 
 def split_arrays(view) -> tuple[np.ndarray, np.ndarray]:
@@ -267,7 +269,7 @@ def generated_benchmark(dataset: str, images: np.ndarray, labels: np.ndarray, *,
         if size >= n and all((folder / f"{c}.npy").is_file() for c in wanted):
             return CorruptionBenchmark(name=benchmark_name(dataset), folder=folder, source="generated",
                                        per_severity=size, labels=np.asarray(labels[:size], dtype=np.int64),
-                                       corruptions=wanted, seed=seed, unavailable=unavailable)
+                                       corruptions=wanted, seed=seed, unavailable=unavailable, split_sha256=digest)
     folder = _cache_folder(cache_dir, dataset, seed, n, digest)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -293,7 +295,7 @@ def generated_benchmark(dataset: str, images: np.ndarray, labels: np.ndarray, *,
         bar.close()
     return CorruptionBenchmark(name=benchmark_name(dataset), folder=folder, source="generated", per_severity=n,
                                labels=np.asarray(labels[:n], dtype=np.int64), corruptions=wanted, seed=seed,
-                               unavailable=unavailable)
+                               unavailable=unavailable, split_sha256=digest)
 
 
 def corruption_benchmark(dataset: str, images: np.ndarray, labels: np.ndarray, *,

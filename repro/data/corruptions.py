@@ -11,8 +11,9 @@ and fog, and pulls in OpenCV.
 The generator's OpenCV, ImageMagick and scikit-image steps are done with scipy.ndimage and Pillow: Gaussian
 filters keep scikit-image's border ('nearest', truncate 4), OpenCV's BORDER_REFLECT_101 is scipy's 'mirror',
 ImageMagick's motion blur (a one-sided Gaussian line kernel, edge pixels repeated) and OpenCV's Canny edges,
-distance transform and histogram equalisation (spatter) are re-implemented. Results match the generator up
-to interpolation rounding, not bit for bit. Its quirks that shaped CIFAR-10-C are kept and marked in the code
+distance transform and histogram equalisation (spatter) are re-implemented. Given the same random draws, the
+outputs agree with the generator's within one grey level (impulse_noise aside: the generator takes its noise
+from scikit-image's own unseeded source). Its quirks that shaped CIFAR-10-C are kept and marked in the code
 (glass_blur copies pixels instead of swapping them, frost never picks its sixth picture, zoom factors come
 from np.arange's inclusive float ends).
 

@@ -25,6 +25,7 @@ datasets (ImageNet) and RandAugment policies with ops not listed in OPS keep the
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -255,20 +256,37 @@ def affine_matrix(name: str, arg: float, size: int) -> tuple[float, ...]:
     return (1.0, 0.0, 0.0, 0.0, 1.0, pixels)
 
 
-def _legacy_randint(bits: np.random.MT19937, high: int, size: int) -> list[int]:
-    """`RandomState.randint(0, high, size)` from the raw 32-bit outputs of its MT19937.
+def _bounded(raw: Sequence[int], high: int, size: int) -> list[int] | None:
+    """`RandomState.randint(0, high, size)` from the 32-bit outputs `raw` of its MT19937 (None: too few).
 
     numpy's legacy stream is frozen: bounded integers below 2**32 are `next_uint32 & mask`, redrawn while above
     high - 1, where mask is the smallest all-ones number covering high - 1 (the tests check it against randint).
     """
     top = high - 1
     mask = (1 << top.bit_length()) - 1
-    out = []
-    while len(out) < size:
-        for v in bits.random_raw(size - len(out)).tolist():
-            if v & mask <= top:
-                out.append(v & mask)
-    return out
+    out = [v & mask for v in raw if v & mask <= top][:size]
+    return out if len(out) == size else None
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_draws_are_mt19937() -> bool:
+    """Whether torch's CPU generator, seeded with s, yields MT19937(s mod 2**32)'s outputs as assumed below.
+
+    torch seeds its Mersenne Twister like numpy's legacy RandomState (the low 32 bits), draws randint over a
+    small range as `next % range` and rand (float32) as the low 24 bits of `next` over 2**24. Checked here once
+    on a few seeds; where it does not hold, the sampler asks torch's generator for every sample instead.
+    """
+    bits = np.random.MT19937()
+    state = np.random.RandomState(bits)
+    g = torch.Generator()
+    for seed in (0, 1, 12345, 2**40 + 7, 2**63 - 25):
+        g.manual_seed(seed)
+        expected = torch.randint(0, 9, (2,), generator=g).tolist() + [torch.rand(1, generator=g).item()]
+        state.seed(seed & 0xFFFFFFFF)
+        r = bits.random_raw(3).tolist()
+        if expected != [r[0] % 9, r[1] % 9, (r[2] & 0xFFFFFF) * 2.0 ** -24]:
+            return False
+    return True
 
 
 class ParameterSampler:
@@ -285,6 +303,26 @@ class ParameterSampler:
         self._weights = None if recipe.choice_weights is None else np.asarray(recipe.choice_weights)
         # A float32 threshold: torchvision compares torch.rand(1) (float32) with p in float32
         self._hflip = float(np.float32(recipe.hflip))
+        self._fast = _torch_draws_are_mt19937()
+
+    def _crop_flip(self, seed: int, raw: list[int]) -> tuple[int, int, bool]:
+        """torchvision RandomCrop.get_params (top, then left) and RandomHorizontalFlip (torch.rand(1) < p)."""
+        span = 2 * self.recipe.padding + 1
+        if self._fast:  # torch's stream is numpy's: the first outputs of the sample's MT19937
+            return raw[0] % span, raw[1] % span, self.recipe.hflip > 0 and (raw[2] & 0xFFFFFF) * 2.0 ** -24 < self._hflip
+        g = self._torch
+        g.manual_seed(seed)
+        top, left = torch.randint(0, span, (2,), generator=g).tolist()
+        return top, left, self.recipe.hflip > 0 and torch.rand(1, generator=g).item() < self._hflip
+
+    def _torch_after_crop_flip(self, seed: int) -> torch.Generator:
+        """The sample's torch generator in the state the CPU path leaves it in after the crop and flip."""
+        g = self._torch
+        g.manual_seed(seed)
+        torch.randint(0, 2 * self.recipe.padding + 1, (2,), generator=g)
+        if self.recipe.hflip > 0:
+            torch.rand(1, generator=g)
+        return g
 
     def draw(self, seeds: Sequence[int]) -> AugmentPlan:
         """The plan of a batch whose samples have these seeds (one row each, in order)."""
@@ -294,21 +332,22 @@ class ParameterSampler:
         ops = np.full((n, layers), -1, np.int64)
         args = np.zeros((n, layers), np.float64)
         affine = np.zeros((n, layers, 6), np.float64)
-        span = 2 * r.padding + 1
-        g, py, nprs, bits = self._torch, self._py, self._np, self._bits
-        randint, rand = torch.randint, torch.rand
+        py, nprs, bits = self._py, self._np, self._bits
         for i, seed in enumerate(seeds):
             # The seeds PerSampleSeeded gives the global torch, random and numpy generators.
-            g.manual_seed(seed)
             py.seed(seed)
             nprs.seed(seed & 0xFFFFFFFF)
-            # torchvision RandomCrop.get_params: top, then left; RandomHorizontalFlip: torch.rand(1) < p
-            crops.append(randint(0, span, (2,), generator=g).tolist())
-            flips.append(r.hflip > 0 and rand(1, generator=g).item() < self._hflip)
+            raw = bits.random_raw(8).tolist()
+            top, left, flip = self._crop_flip(seed, raw)
+            crops.append((top, left))
+            flips.append(flip)
             if layers:
                 # timm RandAugment: np.random.choice over the ops, with replacement unless weighted
-                chosen = (_legacy_randint(bits, n_ops, layers) if self._weights is None
-                          else nprs.choice(n_ops, layers, replace=False, p=self._weights).tolist())
+                chosen = _bounded(raw, n_ops, layers) if self._weights is None else None
+                if chosen is None:
+                    nprs.seed(seed & 0xFFFFFFFF)
+                    chosen = (nprs.randint(0, n_ops, size=layers) if self._weights is None
+                              else nprs.choice(n_ops, layers, replace=False, p=self._weights)).tolist()
                 for layer, k in enumerate(chosen):
                     op = r.ops[k]
                     if op.prob < 1.0 and py.random() > op.prob:
@@ -323,20 +362,18 @@ class ParameterSampler:
                     ops[i, layer], args[i, layer] = k, arg
                     if op.name in _GEOMETRIC:
                         affine[i, layer] = affine_matrix(op.name, arg, r.size)
-            if r.reprob > 0:
-                sample_boxes, sample_noise = self._erase(g, py)
-            else:
-                sample_boxes, sample_noise = [], []
+            sample_boxes, sample_noise = self._erase(seed, py) if r.reprob > 0 else ([], [])
             boxes.append(sample_boxes)
             noise.append(sample_noise)
         return AugmentPlan(torch.tensor(crops, dtype=torch.int64).view(n, 2), torch.tensor(flips, dtype=torch.bool),
                            torch.from_numpy(ops), torch.from_numpy(args), torch.from_numpy(affine), boxes, noise)
 
-    def _erase(self, g: torch.Generator, py: random.Random):
+    def _erase(self, seed: int, py: random.Random):
         """timm RandomErasing._erase's boxes and fill values for one image."""
         r = self.recipe
         if py.random() > r.reprob:
             return [], []
+        g = self._torch_after_crop_flip(seed)
         size, chans = r.size, len(r.mean)
         lo, hi = r.erase_count
         count = lo if lo == hi else py.randint(lo, hi)
@@ -523,10 +560,8 @@ def _cubic(v1, v2, v3, v4, d):
     p4 = -(v1 - v2) - (v3 - v4) are exact in any order; the Horner steps in d are Pillow's, term for term.
     """
     a, b = v1 - v2, v3 - v4
-    p3 = torch.add(b, a, alpha=2)
-    t = p3 - d * (a + b)  # p3 + d * p4
-    t = (v3 - v1) + d * t
-    return v2 + d * t
+    t = torch.add(b, a, alpha=2).sub_(a.add_(b).mul_(d))  # p3 + d * p4 = p3 - d * (a + b)
+    return t.mul_(d).add_(v3 - v1).mul_(d).add_(v2)  # v2 + d * (p2 + d * t)
 
 
 def affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], axes: str = "xy") -> torch.Tensor:
@@ -547,15 +582,17 @@ def affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], axes: s
     x0, y0 = torch.floor(xin), torch.floor(yin)
     dx, dy = (xin - x0).unsqueeze(1), (yin - y0).unsqueeze(1)
     x0, y0 = x0.long(), y0.long()
-    cols = [(x0 + (k - 1)).clamp_(0, w - 1) for k in (range(4) if "x" in axes else (1,))]
-    flat = img.reshape(n, c, h * w).double()
-    rows = []
-    for k in range(4) if "y" in axes else (1,):
-        row = (y0 + (k - 1)).clamp_(0, h - 1).mul_(w)
-        taps = [torch.gather(flat, 2, (row + col).view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
-                for col in cols]
-        rows.append(_cubic(*taps, dx) if len(taps) == 4 else taps[0])
-    value = (_cubic(*rows, dy) if len(rows) == 4 else rows[0]).trunc_().clamp_(0, 255).to(img.dtype)
+    # All taps in one gather: index (n, rows, cols, H, W), source rows and columns clamped to the edge.
+    kx, ky = (4 if "x" in axes else 1), (4 if "y" in axes else 1)
+    taps_x = torch.arange(kx, device=img.device) - (1 if kx == 4 else 0)
+    taps_y = torch.arange(ky, device=img.device) - (1 if ky == 4 else 0)
+    cols = (x0.unsqueeze(1) + taps_x.view(1, kx, 1, 1)).clamp_(0, w - 1)
+    rows = (y0.unsqueeze(1) + taps_y.view(1, ky, 1, 1)).clamp_(0, h - 1).mul_(w)
+    index = (rows.unsqueeze(2) + cols.unsqueeze(1)).view(n, 1, -1).expand(n, c, -1)
+    taps = torch.gather(img.reshape(n, c, h * w).double(), 2, index).view(n, c, ky, kx, h, w)
+    v = _cubic(*taps.unbind(3), dx.unsqueeze(2)) if kx == 4 else taps[:, :, :, 0]  # along x, per source row
+    v = _cubic(*v.unbind(2), dy) if ky == 4 else v[:, :, 0]  # then along y
+    value = v.trunc_().clamp_(0, 255).to(img.dtype)
     fill_t = torch.tensor(fill, dtype=img.dtype).view(1, c, 1, 1).to(img.device)
     return torch.where(inside.unsqueeze(1), value, fill_t)
 
@@ -615,7 +652,8 @@ class DeviceAugment:
         x = x.div(self.max_level).sub_(self.mean).div_(self.std)  # ToTensor, then Normalize, in the CPU path's order
         return self._erase(x, plan)
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Copy a CPU tensor to the device without making the host wait for queued GPU work."""
         if self.device.type == "cuda":  # pinned + non_blocking: the host never waits for queued GPU work
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
@@ -624,7 +662,7 @@ class DeviceAugment:
         """RandomCrop(size, padding) from the zero-padded image, then the horizontal flip, as one gather."""
         n, c, h, w = images.shape
         size, pad = self.recipe.size, self.recipe.padding
-        offsets = self._to_device(torch.cat([plan.crop, plan.flip.long()[:, None]], 1))
+        offsets = self.to_device(torch.cat([plan.crop, plan.flip.long()[:, None]], 1))
         span = torch.arange(size, device=self.device)
         rows = offsets[:, 0:1] + span - pad  # source rows, (n, size)
         cols = offsets[:, 1:2] + torch.where(offsets[:, 2:3].bool(), size - 1 - span, span) - pad
@@ -647,9 +685,9 @@ class DeviceAugment:
             if not active:
                 continue
             active_t = torch.tensor(active)
-            index = self._to_device(active_t)
-            args = self._to_device(plan.args[active_t, layer])
-            mats = self._to_device(plan.affine[active_t, layer]) if groups[2] or groups[3] else None
+            index = self.to_device(active_t)
+            args = self.to_device(plan.args[active_t, layer])
+            mats = self.to_device(plan.affine[active_t, layer]) if groups[2] or groups[3] else None
             start = 0
             for family, group in zip(_FAMILIES, groups):
                 if group:
@@ -664,19 +702,19 @@ class DeviceAugment:
 
     def _erase(self, x: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
         """RandomErasing: each box replaced by its fill values (drawn on the CPU, from the sample's seed)."""
-        hit = [i for i, boxes in enumerate(plan.boxes) if boxes]
-        if not hit:
-            return x
         n, c, h, w = x.shape
-        fill = torch.zeros(len(hit), c, h, w)
-        mask = torch.zeros(len(hit), 1, h, w, dtype=torch.bool)
-        for j, i in enumerate(hit):
-            for (top, left, bh, bw), values in zip(plan.boxes[i], plan.noise[i]):
-                fill[j, :, top:top + bh, left:left + bw] = values
-                mask[j, :, top:top + bh, left:left + bw] = True
-        index = self._to_device(torch.tensor(hit))
-        fill, mask = self._to_device(fill), self._to_device(mask)
-        return x.index_copy(0, index, torch.where(mask, fill, x.index_select(0, index)))
+        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        slots = max((len(b) for b in plan.boxes), default=0)
+        for slot in range(slots):  # in drawing order: a later box of an image overwrites an earlier one, as in timm
+            rows = [i for i, b in enumerate(plan.boxes) if len(b) > slot]
+            top, left, bh, bw = torch.tensor([plan.boxes[i][slot] for i in rows]).view(-1, 4, 1, 1).unbind(1)
+            mask = ((ys >= top) & (ys < top + bh) & (xs >= left) & (xs < left + bw)).unsqueeze(1).expand(-1, c, h, w)
+            # Row-major order of the mask is each box's (C, h, w) order, so the values scatter into place.
+            fill = torch.zeros(len(rows), c, h, w).masked_scatter_(
+                mask, torch.cat([plan.noise[i][slot].reshape(-1) for i in rows]))
+            index, fill, mask = self.to_device(torch.tensor(rows)), self.to_device(fill), self.to_device(mask)
+            x.index_copy_(0, index, torch.where(mask, fill, x.index_select(0, index)))
+        return x
 
 
 # ----------------------------------------------------------------------------------------- the loader
@@ -700,11 +738,13 @@ class DeviceLoader:
     """Iterable of (images, targets) batches augmented on the device, in the order `sampler` yields.
 
     Like the DataLoader of `build_loader`: each iteration reads the sampler's current epoch and start, so
-    `sampler.set_epoch(e); sampler.set_start(k); for batch in loader` resumes mid-epoch.
+    `sampler.set_epoch(e); sampler.set_start(k); for batch in loader` resumes mid-epoch. Batches are augmented
+    `pass_size` images at a time (whole batches, at least one): fewer, larger tensor operations; a sample's
+    augmentation depends only on its seed, so the grouping changes nothing in the output.
     """
 
     def __init__(self, images: np.ndarray, targets: Sequence[int], *, sampler, batch_size: int,
-                 augment: DeviceAugment, drop_last: bool = True):
+                 augment: DeviceAugment, drop_last: bool = True, pass_size: int = 512):
         if batch_size < 1:
             raise ReproError(f"batch size must be at least 1, found {batch_size}")
         device = augment.device
@@ -715,6 +755,7 @@ class DeviceLoader:
         self.batch_size = int(batch_size)
         self.augment = augment
         self.drop_last = drop_last
+        self.batches_per_pass = max(1, int(pass_size) // self.batch_size)
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -723,12 +764,14 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         keys = list(iter(self.sampler))
         stop = len(keys) - len(keys) % self.batch_size if self.drop_last else len(keys)
-        for start in range(0, stop, self.batch_size):
-            chunk = keys[start:start + self.batch_size]
-            index = torch.tensor([k[0] for k in chunk], dtype=torch.int64)
-            plan = self.augment.sampler.draw([k[1] for k in chunk])
-            index = self.augment._to_device(index)
-            yield self.augment(self.images.index_select(0, index), plan), self.targets.index_select(0, index)
+        step = self.batch_size * self.batches_per_pass
+        for start in range(0, stop, step):
+            part = keys[start:min(start + step, stop)]
+            index = self.augment.to_device(torch.tensor([k[0] for k in part], dtype=torch.int64))
+            images = self.augment(self.images.index_select(0, index), self.augment.sampler.draw([k[1] for k in part]))
+            targets = self.targets.index_select(0, index)
+            for b in range(0, len(part), self.batch_size):
+                yield images[b:b + self.batch_size], targets[b:b + self.batch_size]
 
 
 def build_device_loader(dataset: Any, *, batch_size: int, sampler, device: torch.device | str, seed: int,

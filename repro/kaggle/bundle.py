@@ -27,7 +27,7 @@ from .metadata import DATASET_METADATA_FILE, write_metadata
 from .prepare import DEFAULT_CODE_DATASET, DISTRIBUTION, WHEEL_PREFIX, install_cell_source
 
 # Distributions the Kaggle Python image ships; the bundle carries wheels for any other requirement.
-ASSUMED_ON_KAGGLE = ("torch", "torchvision", "timm", "safetensors", "numpy", "pyyaml", "tqdm", "pandas",
+ASSUMED_ON_KAGGLE = ("torch", "torchvision", "timm", "safetensors", "numpy", "scipy", "pyyaml", "tqdm", "pandas",
                      "matplotlib", "scikit-learn", "papermill", "nbformat", "ipykernel", "kaggle")
 # Files of a source checkout that building the wheel needs (besides the package itself).
 _BUILD_FILES = ("setup.cfg", "setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "LICENSE.txt")

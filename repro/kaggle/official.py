@@ -340,7 +340,8 @@ def push(folder: str | Path, *, check_previous: bool = True, previous_version: i
     if pinned != meta:
         problems = validate_kernel_metadata(pinned, folder)
         if problems:
-            raise ReproError(f"pinning {folder / KERNEL_METADATA_FILE} made it invalid:\n  - " + "\n  - ".join(problems))
+            raise ReproError(f"pinning {folder / KERNEL_METADATA_FILE} made it invalid:\n  - "
+                             + "\n  - ".join(problems))
         (folder / KERNEL_METADATA_FILE).write_text(json.dumps(pinned, indent=2) + "\n")
     proc = run_kaggle(["kernels", "push", "-p", str(folder)], ref=meta["id"], kind="push")
     result = parse_push_output(proc.stdout + "\n" + proc.stderr, meta["id"])

@@ -5,6 +5,7 @@ building a report changes no global matplotlib state (a notebook's inline backen
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -48,6 +49,12 @@ def loss_definition(run: Run) -> str:
 def training_curves(runs: list[Run], path: str | Path, title: str | None = None) -> Path | None:
     """Training loss (one panel per loss definition), evaluation top-1 and learning rate per epoch, one line
     per run; None without metrics."""
+    fig = curves_figure(runs, title)
+    return None if fig is None else _save(fig, Path(path))
+
+
+def curves_figure(runs: list[Run], title: str | None = None) -> Figure | None:
+    """The figure of `training_curves` (None without metrics)."""
     runs = [r for r in runs if r.metrics]
     if not runs:
         return None
@@ -87,13 +94,19 @@ def training_curves(runs: list[Run], path: str | Path, title: str | None = None)
     fig.legend(handles, names_, loc="outside lower center", ncols=min(3, len(names_)), fontsize=7)
     if title:
         fig.suptitle(title)
-    return _save(fig, Path(path))
+    return fig
 
 
 def teacher_student_bars(grid: pd.DataFrame, path: str | Path, title: str | None = None) -> Path | None:
     """Bars of teacher, student alone and distilled student top-1 per grid row, on an axis zoomed to the
     numbers (so that differences of a point show), with n on the students' bars and the Direct Gain (± its
     standard deviation) over each row; None for an empty grid."""
+    fig = teacher_student_figure(grid, title)
+    return None if fig is None else _save(fig, Path(path))
+
+
+def teacher_student_figure(grid: pd.DataFrame, title: str | None = None) -> Figure | None:
+    """The figure of `teacher_student_bars` (None for a grid without complete rows)."""
     grid = grid[grid["status"] == "complete"]
     if grid.empty:
         return None
@@ -115,7 +128,7 @@ def teacher_student_bars(grid: pd.DataFrame, path: str | Path, title: str | None
         highs += [y + e for y, e in zip(values(col), errs) if y == y]
     # The axis starts a little below the lowest number, not at 0, and says so.
     span = max(highs) - min(lows) if lows else 0.0
-    floor = max(0.0, min(lows) - max(1.0, 0.35 * span)) if lows else 0.0
+    floor = float(max(0, math.floor(min(lows) - max(1.0, 0.35 * span)))) if lows else 0.0
     top = (max(highs) + max(1.5, 0.45 * span)) if highs else 100.0
     for k, (col, err, count, name) in enumerate(series):
         xs = [i + (k - 1) * width for i in range(len(grid))]
@@ -141,4 +154,4 @@ def teacher_student_bars(grid: pd.DataFrame, path: str | Path, title: str | None
     ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title)
-    return _save(fig, Path(path))
+    return fig

@@ -108,10 +108,11 @@ def seal(data: bytes) -> bytes:
 
 
 def verify_seal(data: bytes) -> bool | None:
-    """True when the embedded checksum matches, False when it does not, None when the file carries none."""
+    """True when the embedded checksum matches, False when it does not (or the file is cut short), None when
+    the file is a complete torch file that carries no checksum."""
     at = data.rfind(_EOCD)
     if at < 0 or len(data) < at + 22:
-        return False if data.rfind(_SEAL) >= 0 else None
+        return False  # no complete zip end record: a truncated (or foreign) file, never loadable as written
     (n,) = struct.unpack("<H", data[at + 20: at + 22])
     comment = data[at + 22:]
     if not comment.startswith(_SEAL):

@@ -57,7 +57,8 @@ from .resume_check import check_resume_config, different_setup_message
 from .runlock import RunLock
 
 log = logging.getLogger("repro.train")
-_CRASH_AT = os.environ.get("REPRO_CRASH_AT")
+_CRASH_AT = os.environ.get("REPRO_CRASH_AT")  # fault injection for tests: "step:micro" to SIGKILL at
+_SLOW_STEP = float(os.environ.get("REPRO_SLOW_STEP") or 0)  # tests: seconds of sleep per step (signal timing)
 
 
 def step_seed(seed: int, rank: int, micro_step: int) -> int:
@@ -161,7 +162,6 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.out = Path(out_dir)
-        check_resume_config(self.out, cfg, force)  # a wrong --out fails before data loading and SNIP
         self.max_steps = max_steps
         self.budget = TimeBudget(parse_duration(time_budget))
         self.checkpoint_every = checkpoint_every
@@ -185,6 +185,10 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         hardware.configure_kernels(self.device, cfg.train.deterministic)
+        from ..data import resolve_augment_on
+        # Resolved into the config (as num_classes is): the two paths draw different numbers, so a run keeps its own.
+        cfg.data.augment_on = resolve_augment_on(cfg.data, self.device)
+        check_resume_config(self.out, cfg, force)  # a wrong --out fails before data loading and SNIP
         # One process per run folder, taken before anything is written (under torchrun, by rank 0 for all).
         existed = self.out.exists()
         self.lock = RunLock(self.out)
@@ -266,9 +270,16 @@ class Trainer:
         # Data: one ordering for all ranks, each rank its share; resumable to any position.
         self.sampler = ResumableSampler(len(self.data.train), seed=cfg.seed, shuffle=True, rank=self.dist.rank,
                                         world_size=world, drop_last=False)
-        self.loader = build_loader(self.data.train, batch_size=tc.batch_size, sampler=self.sampler,
-                                   num_workers=cfg.data.num_workers, seed=cfg.seed, device_type=self.device.type,
-                                   drop_last=True)
+        if cfg.data.augment_on == "device":  # the uint8 set on the device, augmented there batch by batch
+            from ..data import build_device_loader
+            self.loader = build_device_loader(self.data.train, batch_size=tc.batch_size, sampler=self.sampler,
+                                              device=self.device, seed=cfg.seed, img_size=cfg.data.img_size,
+                                              randaugment=cfg.data.randaugment, reprob=cfg.data.reprob,
+                                              hflip=cfg.data.hflip, mean=self.data.mean, std=self.data.std)
+        else:
+            self.loader = build_loader(self.data.train, batch_size=tc.batch_size, sampler=self.sampler,
+                                       num_workers=cfg.data.num_workers, seed=cfg.seed,
+                                       device_type=self.device.type, drop_last=True)
         eval_bs = cfg.data.eval_batch_size or tc.batch_size
         self.val_loader = eval_loader(self.data.val, eval_bs, cfg.data.num_workers, self.dist, self.device.type)
         self.test_loader = (eval_loader(self.data.test, eval_bs, cfg.data.num_workers, self.dist,
@@ -634,6 +645,7 @@ class Trainer:
             "wall_time_s": round(self.elapsed_before + self.budget.elapsed(), 3), "resumes": self.resumes,
             "images_per_s": self._images_per_s(), "precision": self.precision,
             "compile": self.cfg.train.compile, "compile_seconds": self.compile_seconds,
+            "augment_on": self.cfg.data.augment_on,
             "weights_final": self.weights.get("final"), "weights_best": self.weights.get("best"),
             "state_digest": state_digest(self.model.state_dict()),
             "env": self._environment(),
@@ -754,9 +766,11 @@ class Trainer:
 
     _STOP_CODES = (None, "signal", "time_budget")
 
-    def _end_window(self, epoch_end: bool = False, signals: StopSignal | None = None,
+    def _end_window(self, emit: bool = False, signals: StopSignal | None = None,
                     step_seconds: float = 0.0) -> None:
-        """Read the window's statistics from the device (one transfer), stop on a non-finite loss, record.
+        """Read the window's statistics from the device (one transfer), stop on a non-finite loss, and (`emit`,
+        at log_every steps and epoch ends) write the train record. Saves read them too, without a record, so
+        records fall on the same steps whether or not a run was interrupted.
 
         Under DDP the ranks also agree here on the non-finite check and on stopping (signal, time budget),
         in one all-reduce; the budget then has to cover the whole next window.
@@ -775,6 +789,8 @@ class Trainer:
             self._agreed_stop = self._STOP_CODES[int(code)] if signals is not None else None
         if bad:
             raise self._diverged(stats["first_bad"] or (self._window_start, float("nan")))
+        if not emit:
+            return
         now = time.monotonic()
         seconds = max(now - self._window_t0, 1e-9)
         images = window_steps * self.cfg.train.batch_size * self.cfg.train.accum_steps * self.dist.world_size
@@ -847,7 +863,7 @@ class Trainer:
                     self._timed_images += tc.batch_size * tc.accum_steps * self.dist.world_size
                 epoch_end = self.step % self.steps_per_epoch == 0
                 if epoch_end or self.step % tc.log_every == 0:
-                    self._end_window(epoch_end, signals, step_seconds)
+                    self._end_window(True, signals, step_seconds)
                 epoch = self.step // self.steps_per_epoch
                 self.runlog.step(self.step, epoch=epoch, loss=self._last_loss,
                                  lr=self.optimizer.param_groups[0]["lr"], images_per_s=self._images_per_s())
@@ -924,6 +940,8 @@ class Trainer:
             self._data_wait += time.monotonic() - t_wait
             if _CRASH_AT == f"{self.step}:{micro}":  # fault injection for the kill -9 resume tests
                 os.kill(os.getpid(), signal.SIGKILL)
+            if _SLOW_STEP:
+                time.sleep(_SLOW_STEP)
             seed_all(step_seed(self.cfg.seed, self.dist.rank, self.step * tc.accum_steps + micro))
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
@@ -964,7 +982,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, max_steps: int | None = None,
           time_budget: str | float | None = None, checkpoint_every: int | None = None, device: str | None = None,
           resume_from: Iterable[str | Path] = (), force: bool = False, progress: bool = True) -> dict:
     """Train (or resume) the run in `out_dir`; returns its summary. See `Trainer` for the arguments."""
-    done = _complete_summary(cfg, Path(out_dir))
+    done = _complete_summary(cfg, Path(out_dir), device)
     if done is not None:  # before any data loading or model building: a finished run costs nothing
         log.info("%s is already complete (%s steps); nothing to do", out_dir, done.get("steps_done"))
         return done
@@ -977,7 +995,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, max_steps: int | None = None,
         return trainer.run()
 
 
-def _complete_summary(cfg: RunConfig, out: Path) -> dict | None:
+def _complete_summary(cfg: RunConfig, out: Path, device: str | None = None) -> dict | None:
     """The summary of `out` when it holds a complete run of this very config, else None."""
     try:
         summary = json.loads((out / "summary.json").read_text())
@@ -989,4 +1007,9 @@ def _complete_summary(cfg: RunConfig, out: Path) -> dict | None:
     mine = RunConfig.from_dict(cfg.to_dict())
     if mine.model.num_classes is None:  # filled in from the data when the run was built
         mine.model.num_classes = (saved.get("model") or {}).get("num_classes")
-    return summary if not config_differences(saved, mine) else None
+    try:
+        from ..data import resolve_augment_on
+        mine.data.augment_on = resolve_augment_on(mine.data, resolve_device(device))
+    except ReproError:
+        return None  # the Trainer says what is wrong
+    return summary if not hardware.without_hardware_keys(config_differences(saved, mine)) else None
