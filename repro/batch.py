@@ -7,6 +7,10 @@ duration). A failing run does not stop the others; it is reported at the end. Ru
 complete runs (summary.json says complete) and re-executes the others, which resume from their newest
 checkpoint because the training engine continues a run folder it is given again.
 
+Ctrl-C or SIGTERM (see `BatchStop`) stops the batch cleanly: the running notebook is interrupted (a training run
+saves and stops after its current step), the remaining runs are not started, and the summary table and batch.json
+are written as usual; the exit status is 130 (143 for SIGTERM). A second signal kills the notebook at once.
+
 Also here: `train_subprocess`, which runs the training engine under torchrun from a notebook (DDP over several
 GPUs, e.g. Kaggle's T4 x2) without touching CUDA in the notebook's own process.
 """
@@ -20,9 +24,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -292,24 +298,28 @@ def check_run_config(parameters: dict[str, Any], declared: dict, plan_dir: Path,
     load_config(preset, config_file, [o for o in overrides if not deferred(o)])
 
 
-def _local_kernel_transport() -> dict[str, Any]:
-    """On POSIX, talk to the local kernel over unix sockets: no TCP port opens, and ipykernel's warning about
-    unencrypted TCP stays out of the user's terminal. The sockets live in a private temporary folder (jupyter's
-    default would be `kernel-ipc-N` files in the working directory), removed when the kernel shuts down."""
-    if os.name != "posix":
-        return {}
+def _local_kernel_transport(stop: "BatchStop | None" = None) -> dict[str, Any]:
+    """papermill's kernel manager for a batch: it tells `stop` which kernel runs, and on POSIX it talks to the
+    local kernel over unix sockets, so no TCP port opens and ipykernel's warning about unencrypted TCP stays out
+    of the user's terminal. The sockets live in a private temporary folder (jupyter's default would be
+    `kernel-ipc-N` files in the working directory), removed when the kernel shuts down."""
     import tempfile
 
     from jupyter_client.manager import AsyncKernelManager
 
-    class IPCKernelManager(AsyncKernelManager):
+    posix = os.name == "posix"
+
+    class BatchKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
-            kwargs.setdefault("transport", "ipc")
             self._socket_dir = None
-            if "ip" not in kwargs:
-                self._socket_dir = tempfile.mkdtemp(prefix="repro-kernel-")
-                kwargs["ip"] = os.path.join(self._socket_dir, "ipc")
+            if posix:
+                kwargs.setdefault("transport", "ipc")
+                if "ip" not in kwargs:
+                    self._socket_dir = tempfile.mkdtemp(prefix="repro-kernel-")
+                    kwargs["ip"] = os.path.join(self._socket_dir, "ipc")
             super().__init__(**kwargs)
+            if stop is not None:
+                stop.kernel = self
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
             await super()._async_cleanup_resources(restart=restart)
@@ -318,11 +328,159 @@ def _local_kernel_transport() -> dict[str, Any]:
 
         cleanup_resources = _async_cleanup_resources
 
-    return {"kernel_manager_class": IPCKernelManager}
+    return {"kernel_manager_class": BatchKernelManager}
+
+
+# --------------------------------------------------------------------------------------- stop signals
+
+# How long the first signal waits for the running notebook to stop by itself (a training step, the DDP ranks
+# agreeing at the end of their log window, and the final save), before its kernel is killed.
+STOP_WAIT_S = 300.0
+
+_SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+class NotebookStopped(Exception):
+    """The batch was stopped: the notebook's next cell is not executed."""
+
+
+class BatchStop:
+    """The batch's answer to SIGINT and SIGTERM: the first stops the running notebook cleanly, a second kills it.
+
+    The first signal is forwarded to the running notebook's kernel process as SIGINT, which is what a notebook
+    interrupt is: inside a training run the engine's handler (`repro.train.budget.StopSignal`) makes it save and
+    stop after its current step; elsewhere the cell raises KeyboardInterrupt. Only the kernel process gets it, not
+    its process group: DataLoader workers and a torchrun child are stopped by the kernel, and torchrun's workers
+    must not count a signal of their own as a second, aborting one. No further cell of the notebook is executed,
+    no further run is started, and after `wait` seconds the kernel is killed. A second signal kills it at once.
+    Installed as a context manager around the whole batch, so the summary is written whatever the moment.
+    """
+
+    def __init__(self, wait: float = STOP_WAIT_S, stream=None):
+        self.wait = wait
+        self.signum: int | None = None  # the first signal received
+        self.killed = False  # the kernel was killed (second signal, or the wait ran out)
+        self.kernel = None  # the running notebook's kernel manager (set by its class, see _local_kernel_transport)
+        self.run_name: str | None = None  # the run whose notebook is executing
+        self._in_cell = False
+        self._timer: threading.Timer | None = None
+        self._previous: dict = {}
+        self._stream = stream
+
+    def __enter__(self) -> "BatchStop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._cancel_timer()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        """How the message names the signal: Ctrl-C or SIGTERM."""
+        return _SIGNAL_NAMES.get(self.signum, f"signal {self.signum}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by this signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + int(self.signum or 0)
+
+    def _say(self, text: str) -> None:
+        stream = self._stream or sys.stderr
+        try:
+            stream.write("\n" + text + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _handle(self, signum, frame) -> None:
+        # Never raises: papermill and the kernel client stay in control and the batch ends through its own code.
+        if self.signum is not None:
+            name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
+            if self.run_name is not None and not self.killed:
+                self._say(f"{name} again: killing the notebook of {self.run_name} now; the files it has written "
+                          "(checkpoints included) are kept")
+                self._kill()
+            return
+        self.signum = signum
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send SIGTERM again"
+        if self.run_name is None:
+            self._say(f"{self.name}: the batch stops before its next run")
+            return
+        self._say(f"{self.name}: stopping the running notebook of {self.run_name} (a training run saves and stops "
+                  f"after its current step; waiting up to {self.wait:.0f} s); the remaining runs are not started; "
+                  f"{again} to abort it at once")
+        if self._in_cell:
+            self._interrupt()
+        self._timer = threading.Timer(self.wait, self._out_of_time)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _kernel_process(self):
+        provisioner = getattr(self.kernel, "provisioner", None)
+        process = getattr(provisioner, "process", None)
+        return provisioner, process if process is not None and process.poll() is None else None
+
+    def _interrupt(self) -> None:
+        _, process = self._kernel_process()
+        if process is not None and os.name == "posix":
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGINT)
+
+    def _kill(self) -> None:
+        self.killed = True
+        provisioner, process = self._kernel_process()
+        if process is None:
+            return  # not started yet (its first cell is refused) or already gone
+        pgid = getattr(provisioner, "pgid", None)
+        try:
+            if pgid and hasattr(os, "killpg"):
+                os.killpg(pgid, signal.SIGKILL)  # the kernel and what it started (DataLoader workers, torchrun)
+            else:
+                process.kill()
+        except OSError:
+            pass
+
+    def _out_of_time(self) -> None:
+        if self.run_name is not None and not self.killed:
+            self._say(f"the notebook of {self.run_name} did not stop within {self.wait:.0f} s: killing it; the "
+                      "files it has written (checkpoints included) are kept")
+            self._kill()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # nbclient hooks, around each code cell.
+    def before_cell(self, cell=None, cell_index: int = 0, **_) -> None:
+        """Refuse to execute another cell once the batch is stopping."""
+        if self.signum is not None:
+            raise NotebookStopped(f"stopped by {self.name} before cell {cell_index + 1}; run the batch again to "
+                                  "continue")
+        self._in_cell = True
+
+    def after_cell(self, **_) -> None:
+        """The cell's reply has arrived: the kernel is idle again."""
+        self._in_cell = False
+
+    @contextlib.contextmanager
+    def running(self, name: str) -> Iterator[None]:
+        """Mark `name` as the run whose notebook executes, for the messages and the kill."""
+        self.run_name, self.killed, self._in_cell = name, False, False
+        try:
+            yield
+        finally:
+            self._cancel_timer()
+            self.run_name, self.kernel, self._in_cell = None, None, False
 
 
 def _execute(run: PlanRun, notebook: Path, run_dir: Path, parameters: dict[str, Any], *, kernel: str,
-             progress: bool, log_output: bool) -> tuple[str, str | None]:
+             progress: bool, log_output: bool, stop: BatchStop | None = None) -> tuple[str, str | None]:
     """Execute one notebook into its run folder; returns (status, error message)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -330,22 +488,31 @@ def _execute(run: PlanRun, notebook: Path, run_dir: Path, parameters: dict[str, 
     run_dir.mkdir(parents=True, exist_ok=True)
     executed = run_dir / "executed.ipynb"
     error = None
-    with _papermill_log(run_dir / "papermill.log", echo=log_output), _kernel_imports_this_package():
-        logging.getLogger("papermill").info("repro batch: run %s, notebook %s, parameters %s", run.name, notebook,
-                                            json.dumps(_jsonable(parameters)))
+    hooks = {"on_cell_execute": stop.before_cell, "on_cell_executed": stop.after_cell} if stop else {}
+    log = logging.getLogger("papermill")
+    with _papermill_log(run_dir / "papermill.log", echo=log_output), _kernel_imports_this_package(), \
+            (stop.running(run.name) if stop else contextlib.nullcontext()):
+        log.info("repro batch: run %s, notebook %s, parameters %s", run.name, notebook,
+                 json.dumps(_jsonable(parameters)))
         try:
             pm.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name=kernel,
                                 progress_bar=progress, log_output=True, cwd=os.getcwd(),
-                                **_local_kernel_transport())
+                                **_local_kernel_transport(stop), **hooks)
         except PapermillExecutionError as exc:
             error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+        except NotebookStopped as exc:
+            error = str(exc)
         except Exception as exc:  # a dead kernel or unreadable notebook fails this run only
             error = f"{type(exc).__name__}: {exc}"
+        stopping = stop is not None and stop.signum is not None
+        if stopping and stop.killed:
+            error = f"killed after {stop.name} ({error})" if error else f"killed after {stop.name}"
         if error:
-            logging.getLogger("papermill").error("repro batch: run %s failed: %s", run.name, error)
-    if error:
-        return "failed", error
+            log.error("repro batch: run %s %s: %s", run.name, "stopped" if stopping else "failed", error)
     summary = _read_json(run_dir / "summary.json")
+    if error:
+        # After a stop signal an unfinished notebook was stopped, not broken: running the batch again resumes it.
+        return ("stopped" if stopping else "failed"), error
     return (summary.get("status", "complete") if summary else "complete"), None
 
 
@@ -355,14 +522,26 @@ def _copy_executed(record: dict[str, Any], notebooks_out: str | Path | None) -> 
         shutil.copyfile(record["executed"], Path(notebooks_out) / f"{record['name']}.ipynb")
 
 
+def _stopping(stop: BatchStop | None, record: dict[str, Any], done: dict[str, str]) -> bool:
+    """True (and the record marked "not run") when the batch has been stopped before this run started."""
+    if stop is None or stop.signum is None:
+        return False
+    record.update(status="not run", error=f"not started: the batch was stopped by {stop.name}")
+    done[record["name"]] = "not run"
+    return True
+
+
 def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir: str | Path | None = None,
                   notebooks_out: str | Path | None = None, kernel: str = "python3", progress: bool = True,
-                  log_output: bool = False, requires: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                  log_output: bool = False, requires: dict[str, str] | None = None,
+                  stop: BatchStop | None = None) -> list[dict[str, Any]]:
     """Execute each run's notebook (skipping complete runs); returns one record per run.
 
-    A record holds name, notebook, run_dir, status (complete, stopped, failed or skipped), error, seconds,
-    executed (the executed notebook) and log. `requires` maps a run's name to an earlier run that must be
-    complete first (e.g. a distilled student to its teacher); otherwise the run is not executed and fails.
+    A record holds name, notebook, run_dir, status (complete, stopped, failed, skipped or "not run"), error,
+    seconds, executed (the executed notebook) and log. `requires` maps a run's name to an earlier run that must be
+    complete first (e.g. a distilled student to its teacher); otherwise the run is not executed and fails. With
+    `stop` (an entered `BatchStop`), a stop signal ends the running notebook cleanly and the runs after it are
+    "not run"; without it, Ctrl-C raises KeyboardInterrupt as usual.
     """
     runs = list(runs)
     check_kernel(kernel)
@@ -381,6 +560,8 @@ def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir
                                   "executed": run_dir / "executed.ipynb", "log": run_dir / "papermill.log"}
         records.append(record)
         prefix = f"[{i}/{len(runs)}] {run.name}"
+        if _stopping(stop, record, done):
+            continue
         needed = (requires or {}).get(run.name)
         if needed and done.get(needed) not in ("complete", "skipped"):
             record.update(status="failed", error=f"not run: {needed} did not complete")
@@ -407,10 +588,12 @@ def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir
             done[run.name] = "failed"
             print(f"{prefix}: failed: {exc}", flush=True)
             continue
+        if _stopping(stop, record, done):  # a signal during the checks above
+            continue
         print(f"{prefix}: executing {notebook.name} -> {run_dir} (live output: {record['log']})", flush=True)
         start = time.monotonic()
         status, error = _execute(run, notebook, run_dir, parameters, kernel=kernel, progress=progress,
-                                 log_output=log_output)
+                                 log_output=log_output, stop=stop)
         record.update(status=status, error=error, seconds=round(time.monotonic() - start, 1))
         done[run.name] = status
         (run_dir / "batch.json").write_text(json.dumps(
@@ -425,8 +608,9 @@ def run_notebooks(runs: Iterable[PlanRun], out: str | Path = "runs", *, base_dir
 
 def run_plan(plan_path: str | Path, out: str | Path = "runs", *, only: Iterable[str] | None = None,
              notebooks_out: str | Path | None = None, kernel: str = "python3", progress: bool = True,
-             log_output: bool = False) -> list[dict[str, Any]]:
-    """Execute a plan's runs (or only the named ones) into `out/<name>`; returns one record per run."""
+             log_output: bool = False, stop: BatchStop | None = None) -> list[dict[str, Any]]:
+    """Execute a plan's runs (or only the named ones) into `out/<name>`; returns one record per run (see
+    `run_notebooks`, also for `stop`)."""
     plan = load_plan(plan_path)
     runs = plan.runs
     if only:
@@ -437,7 +621,7 @@ def run_plan(plan_path: str | Path, out: str | Path = "runs", *, only: Iterable[
                              f"its runs are: {', '.join(names)}")
         runs = [r for r in runs if r.name in set(only)]
     return run_notebooks(runs, out, base_dir=plan.path.parent, notebooks_out=notebooks_out, kernel=kernel,
-                         progress=progress, log_output=log_output)
+                         progress=progress, log_output=log_output, stop=stop)
 
 
 def status_table(records: list[dict[str, Any]]) -> str:
@@ -518,7 +702,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=textwrap.fill(
             "Execute every run of PLAN (a YAML list or grid of notebook + parameters) with papermill into "
             "OUT/<name>/ (executed.ipynb, papermill.log, and the run's own files). Complete runs are skipped, "
-            "stopped ones resume; a failing run does not stop the others. Exit status 1 when a run failed.", 79),
+            "stopped ones resume; a failing run does not stop the others. Exit status 1 when a run failed. "
+            "Ctrl-C (or SIGTERM) stops the running notebook cleanly (a training run saves after its current "
+            "step), starts no further run, writes the summary and exits 130 (143); a second one kills the "
+            "notebook at once.", 79),
         epilog=PLAN_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", help="plan YAML file (format below; examples in kaggle/plans/)")
     p.add_argument("--out", default="runs", help="parent folder of the run folders (default: runs)")
@@ -528,19 +715,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-output", action="store_true",
                    help="stream every cell's output to the terminal (always written to papermill.log)")
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    p.add_argument("--stop-wait", type=float, default=STOP_WAIT_S, metavar="SECONDS",
+                   help="after Ctrl-C or SIGTERM, how long the running notebook may take to stop cleanly before "
+                        f"it is killed (default: {STOP_WAIT_S:.0f})")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the plan, print the status table; 1 when any run failed."""
-    records = run_plan(args.plan, args.out, only=args.only, notebooks_out=args.notebooks_out, kernel=args.kernel,
-                       progress=not args.no_progress, log_output=args.log_output)
-    print()
-    print(status_table(records))
-    failed = [r["name"] for r in records if r["status"] == "failed"]
-    if failed:
-        print(f"\n{len(failed)} of {len(records)} runs failed: {', '.join(failed)}; their papermill.log and "
-              "executed.ipynb show where. Fix and run the same command again: complete runs are skipped.",
-              file=sys.stderr)
-        return 1
-    return 0
+    """Run the plan, print the status table; 1 when any run failed, 130/143 when stopped by SIGINT/SIGTERM."""
+    with BatchStop(wait=args.stop_wait) as stop:
+        records = run_plan(args.plan, args.out, only=args.only, notebooks_out=args.notebooks_out,
+                           kernel=args.kernel, progress=not args.no_progress, log_output=args.log_output, stop=stop)
+        print()
+        print(status_table(records))
+        failed = [r["name"] for r in records if r["status"] == "failed"]
+        if failed:
+            print(f"\n{len(failed)} of {len(records)} runs failed: {', '.join(failed)}; their papermill.log and "
+                  "executed.ipynb show where. Fix and run the same command again: complete runs are skipped.",
+                  file=sys.stderr)
+        if stop.signum is not None:
+            print(f"\nstopped by {stop.name}. Run the same command again to continue: complete runs are skipped, "
+                  "stopped ones resume from their last checkpoint.", file=sys.stderr)
+            return stop.exit_code
+        return 1 if failed else 0

@@ -21,8 +21,10 @@ def _cmd_train(args) -> int:
     from .train import train
     from .train.budget import StopSignal
 
+    if args.cohort:
+        return _cmd_train_cohort(args)
     if not args.preset and not args.config:
-        raise ReproError("repro train needs --preset NAME or --config FILE (see `repro presets`)")
+        raise ReproError("repro train needs --preset NAME, --config FILE or --cohort FILE (see `repro presets`)")
     overrides = list(args.set or [])
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
@@ -38,6 +40,24 @@ def _cmd_train(args) -> int:
     if summary.get("env", {}).get("world_size", 1) == 1 or _rank() == 0:
         print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
         print(f"run folder: {args.out}")
+    return 0
+
+
+def _cmd_train_cohort(args) -> int:
+    from .train.budget import StopSignal
+    from .train.cohort import train_cohort
+
+    if args.set or args.seed is not None or args.resume_from:
+        raise ReproError("with --cohort, put overrides (and the seed) in the cohort file's shared overrides; "
+                         "--set, --seed and --resume-from apply to single runs")
+    with StopSignal() as signals:
+        signals.phase = "start-up"
+        results = train_cohort(args.cohort, args.out, max_steps=args.max_steps, time_budget=args.time_budget,
+                               checkpoint_every=args.checkpoint_every, device=args.device, force=args.force,
+                               progress=not args.no_progress)
+    keys = ("status", "stop_reason", "steps_done", "steps_total", "top1", "test_top1")
+    print(json.dumps({name: {k: s.get(k) for k in keys} for name, s in results.items()}, indent=2))
+    print(f"cohort folder: {args.out} (members: {', '.join(results)})")
     return 0
 
 
@@ -125,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", help="a shipped preset (see `repro presets`)")
     src.add_argument("--config", help="a YAML config file")
+    src.add_argument("--cohort", metavar="FILE",
+                     help="a cohort file: members sharing one data stream and one teacher forward, each trained "
+                          "into --out/<name>/ and bit-identical to its solo run (see README)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", required=True, help="run folder (created; resumed when it holds checkpoints)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (resumable)")

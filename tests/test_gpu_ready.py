@@ -66,7 +66,7 @@ def test_steady_state_steps_make_no_host_transfer(tmp_path, monkeypatch):
             return out
         return wrapper
 
-    def data_uncounted(self, batches, autocast):
+    def data_uncounted(self, batches):
         def paused():
             while True:
                 counter.paused = True
@@ -75,7 +75,7 @@ def test_steady_state_steps_make_no_host_transfer(tmp_path, monkeypatch):
                 finally:
                     counter.paused = False
                 yield batch
-        return real_step(self, paused(), autocast)
+        return real_step(self, paused())
 
     evals: list[int] = []
     monkeypatch.setattr(Trainer, "_train_step", counted(data_uncounted, steps))
@@ -247,7 +247,7 @@ def test_progress_off_a_terminal_is_a_few_concise_lines(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert res.returncode == 0, res.stderr[-2000:]
-    lines = [line for line in res.stderr.splitlines() if line.startswith("step ")]
-    assert "\r" not in res.stderr  # no carriage-return redraws in a log file
+    lines = [line for line in res.stdout.splitlines() if line.startswith("step ")]
+    assert "\r" not in res.stdout + res.stderr  # no carriage-return redraws in a log file
     assert 4 <= len(lines) <= 7, lines  # steps 5, 10, 15, 20, 24 (24 steps), plus at most a 60 s line
     assert lines[-1].startswith("step 24/24 | epoch 3 | loss ") and "img/s" in lines[-1]

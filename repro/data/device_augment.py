@@ -40,6 +40,7 @@ AUGMENT_ON_CHOICES = ("auto", "cpu", "device")
 DEVICE_DATASETS = ("cifar10", "cifar100", "digits")  # held in memory as uint8 arrays
 DEVICE_IMAGE_SIZE = 32  # their stored size: train_transform's RandomCrop(padding=4) branch
 
+_INF = float("inf")
 _LEVEL_DENOM = 10.0  # timm's magnitude scale: level / 10 is the fraction of an op's range
 
 # RandAugment ops run here (timm's names), by kind. The level -> argument rules follow timm's LEVEL_TO_ARG.
@@ -333,6 +334,7 @@ class ParameterSampler:
         args = np.zeros((n, layers), np.float64)
         affine = np.zeros((n, layers, 6), np.float64)
         py, nprs, bits = self._py, self._np, self._bits
+        geometric = [op.name in _GEOMETRIC for op in r.ops]
         for i, seed in enumerate(seeds):
             # The seeds PerSampleSeeded gives the global torch, random and numpy generators.
             py.seed(seed)
@@ -349,18 +351,19 @@ class ParameterSampler:
                     chosen = (nprs.randint(0, n_ops, size=layers) if self._weights is None
                               else nprs.choice(n_ops, layers, replace=False, p=self._weights)).tolist()
                 for layer, k in enumerate(chosen):
+                    # timm AugmentOp.__call__: apply with probability prob, magnitude noise, clip to [0, max]
                     op = r.ops[k]
                     if op.prob < 1.0 and py.random() > op.prob:
                         continue
                     level = op.magnitude
-                    if op.magnitude_std == float("inf"):
+                    if op.magnitude_std == _INF:
                         level = py.uniform(0, level)
                     elif op.magnitude_std > 0:
                         level = py.gauss(level, op.magnitude_std)
                     level = max(0.0, min(level, op.magnitude_max or _LEVEL_DENOM))
                     arg = level_to_arg(op.name, level, op, py)
                     ops[i, layer], args[i, layer] = k, arg
-                    if op.name in _GEOMETRIC:
+                    if geometric[k]:
                         affine[i, layer] = affine_matrix(op.name, arg, r.size)
             sample_boxes, sample_noise = self._erase(seed, py) if r.reprob > 0 else ([], [])
             boxes.append(sample_boxes)
@@ -400,6 +403,17 @@ class ParameterSampler:
 
 
 # ------------------------------------------------------------------------------------ pixel operations
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; CPU tensors reach a GPU through pinned memory, without blocking.
+
+    A plain `.to('cuda')` from pageable memory synchronises the stream: the host would wait for all queued GPU
+    work (the previous training step) before preparing the next batch.
+    """
+    if t.device == device or device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 # Images are float32 (n, C, H, W) holding the integers 0..255, as Pillow's uint8 images do between ops.
 # The ops come in four families, each run as one batched call over all images of a layer that drew one of its
 # ops (fewer, larger tensor operations: at batch 64 the per-call cost dominates):
@@ -483,8 +497,8 @@ def point_ops(img: torch.Tensor, names: Sequence[str], args: torch.Tensor) -> to
     levels = torch.arange(256, device=img.device)
     kinds = [_base(name) for name in names]
     present = sorted(set(kinds), key=kinds.index)
-    kind = torch.tensor([present.index(k) for k in kinds]).to(img.device)
-    a = args.to(device=img.device, dtype=torch.float32).view(-1, 1)
+    kind = to_device(torch.tensor([present.index(k) for k in kinds]), img.device)
+    a = to_device(args, img.device).to(torch.float32).view(-1, 1)
     grid = levels.float().view(1, 256)
     hist = _histogram(img) if {"AutoContrast", "Equalize"} & set(present) else None
     tables = {}
@@ -547,9 +561,9 @@ def blend_ops(img: torch.Tensor, names: Sequence[str], factors: torch.Tensor) ->
         choices[2] = _smooth(img)
     if choices:
         code = {"Color": 0, "Contrast": 1, "Sharpness": 2, "Brightness": 3}
-        kind = torch.tensor([code[k] for k in kinds]).to(img.device)
+        kind = to_device(torch.tensor([code[k] for k in kinds]), img.device)
         degenerate = _select(kind, choices, degenerate)
-    return _blend(degenerate, img, factors.to(img.device))
+    return _blend(degenerate, img, to_device(factors, img.device))
 
 
 # Geometric ops -----------------------------------------------------------------------------------------
@@ -572,7 +586,7 @@ def affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], axes: s
     same result as sixteen.
     """
     n, c, h, w = img.shape
-    m = matrix.to(device=img.device, dtype=torch.float64).view(n, 6, 1, 1)
+    m = to_device(matrix, img.device).to(torch.float64).view(n, 6, 1, 1)
     ys = (torch.arange(h, device=img.device, dtype=torch.float64) + 0.5).view(1, h, 1)
     xs = (torch.arange(w, device=img.device, dtype=torch.float64) + 0.5).view(1, 1, w)
     xin = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]  # Pillow's order of operations
@@ -593,7 +607,7 @@ def affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], axes: s
     v = _cubic(*taps.unbind(3), dx.unsqueeze(2)) if kx == 4 else taps[:, :, :, 0]  # along x, per source row
     v = _cubic(*v.unbind(2), dy) if ky == 4 else v[:, :, 0]  # then along y
     value = v.trunc_().clamp_(0, 255).to(img.dtype)
-    fill_t = torch.tensor(fill, dtype=img.dtype).view(1, c, 1, 1).to(img.device)
+    fill_t = to_device(torch.tensor(fill, dtype=img.dtype).view(1, c, 1, 1), img.device)
     return torch.where(inside.unsqueeze(1), value, fill_t)
 
 
@@ -603,14 +617,19 @@ def shift_ops(img: torch.Tensor, names: Sequence[str], matrix: torch.Tensor, fil
     A y op on an image is the x op on its transpose (Pillow's transform treats both axes alike on square
     images), with the matrix's x and y roles swapped.
     """
-    if not any(name in _SHIFT_Y for name in names):
+    along_y = [name in _SHIFT_Y for name in names]
+    k = along_y.index(True) if any(along_y) else len(names)
+    if k == len(names):
         return affine(img, matrix, fill, "x")
-    along_y = torch.tensor([name in _SHIFT_Y for name in names]).to(img.device)
-    swapped = matrix.to(img.device)[:, [4, 3, 5, 1, 0, 2]]
-    flip = along_y.view(-1, 1, 1, 1)
-    m = torch.where(along_y.view(-1, 1), swapped, matrix.to(img.device))
-    out = affine(torch.where(flip, img.transpose(2, 3), img), m, fill, "x")
-    return torch.where(flip, out.transpose(2, 3), out)
+    matrix = to_device(matrix, img.device)
+    swapped = matrix[:, [4, 3, 5, 1, 0, 2]]
+    if all(along_y[k:]):  # x ops first, then y ops (the order the loader groups them in)
+        out = affine(torch.cat([img[:k], img[k:].transpose(2, 3)]), torch.cat([matrix[:k], swapped[k:]]), fill, "x")
+        return torch.cat([out[:k], out[k:].transpose(2, 3)])
+    flip = to_device(torch.tensor(along_y), img.device)
+    out = affine(torch.where(flip.view(-1, 1, 1, 1), img.transpose(2, 3), img),
+                 torch.where(flip.view(-1, 1), swapped, matrix), fill, "x")
+    return torch.where(flip.view(-1, 1, 1, 1), out.transpose(2, 3), out)
 
 
 def apply_op(name: str, img: torch.Tensor, arg: torch.Tensor, matrix: torch.Tensor | None,
@@ -654,9 +673,7 @@ class DeviceAugment:
 
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         """Copy a CPU tensor to the device without making the host wait for queued GPU work."""
-        if self.device.type == "cuda":  # pinned + non_blocking: the host never waits for queued GPU work
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
+        return to_device(t, self.device)
 
     def _crop_flip(self, images: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
         """RandomCrop(size, padding) from the zero-padded image, then the horizontal flip, as one gather."""
@@ -681,6 +698,7 @@ class DeviceAugment:
             groups = [[] for _ in range(len(_FAMILIES) + 1)]
             for i, k in enumerate(chosen):
                 groups[family_of[k]].append(i)
+            groups[_FAMILIES.index("shift")].sort(key=lambda i: ops[chosen[i]].name in _SHIFT_Y)  # x first, then y
             active = [i for group in groups[:-1] for i in group]
             if not active:
                 continue

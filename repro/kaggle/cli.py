@@ -139,8 +139,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("bundle", help="build the code dataset (wheel + dataset-metadata.json)",
                        description="Build a py3-none-any wheel of this package, plus wheels of requirements the "
                                    "Kaggle image lacks, and dataset-metadata.json. Assumed present on Kaggle: "
-                                   "torch, torchvision, timm, safetensors, numpy, scipy, pyyaml, tqdm, pandas, matplotlib, "
-                                   "scikit-learn, papermill, nbformat, ipykernel, kaggle.")
+                                   "torch, torchvision, timm, safetensors, numpy, scipy, pyyaml, tqdm, pandas, "
+                                   "matplotlib, scikit-learn, papermill, nbformat, ipykernel, kaggle.")
     p.add_argument("--out", default="kaggle/build/code", help="output folder (default kaggle/build/code)")
     p.add_argument("--owner", help="Kaggle user name (default $KAGGLE_USERNAME)")
     p.add_argument("--slug", default="repro-lkt-code", help="dataset slug (default repro-lkt-code)")

@@ -152,14 +152,16 @@ class Trainer:
         device: cpu, cuda or cuda:N (default: cuda when available).
         resume_from: extra read-only run folders to look for checkpoints in (each must exist).
         force: resume even when the config differs from the checkpoint's.
-        progress: show a tqdm bar.
+        progress: show progress (a tqdm bar on a terminal, concise lines elsewhere).
+        shared: objects a cohort's members share instead of building their own ("data", "teacher").
     """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, max_steps: int | None = None,
                  time_budget: str | float | None = None, checkpoint_every: int | None = None,
                  device: str | None = None, resume_from: Iterable[str | Path] = (), force: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, shared: dict | None = None):
         cfg.validate()
+        self._shared = shared or {}  # a cohort's members share the data ("data") and the teacher ("teacher")
         self.cfg = cfg
         self.out = Path(out_dir)
         self.max_steps = max_steps
@@ -216,7 +218,7 @@ class Trainer:
         from ..models import count_params, create_model
 
         cfg, tc = self.cfg, self.cfg.train
-        self.data = build_data(cfg.data, num_classes_expected=cfg.model.num_classes)
+        self.data = self._shared.get("data") or build_data(cfg.data, num_classes_expected=cfg.model.num_classes)
         cfg.model.num_classes = self.data.num_classes
         world = self.dist.world_size
         per_step = tc.batch_size * world * tc.accum_steps
@@ -234,7 +236,7 @@ class Trainer:
         # The teacher comes first: a wrong teacher must fail before anything is written.
         self.teacher = None
         if cfg.distill.method:
-            self.teacher = self._build_teacher()
+            self.teacher = self._shared.get("teacher") or self._build_teacher()
 
         seed_all(cfg.seed)
         model_kwargs = dict(cfg.model.kwargs)
@@ -614,7 +616,10 @@ class Trainer:
             except OSError as exc:
                 raise CheckpointWriteError(f"could not write {self.out / name} ({exc.strerror or exc}); "
                                            "free some space or use a writable --out, then run again") from None
-        self.weights[kind] = {"file": name, "split": self.data.eval_split if kind == "best" else "final",
+        # The split the recorded number of these weights comes from: val for best, the final test for final.
+        split = self.data.eval_split if kind == "best" else ("test" if self.test_loader is not None
+                                                              else self.data.eval_split)
+        self.weights[kind] = {"file": name, "split": split,
                               "epoch": epoch, "step": self.step, "is": which}
 
     def summary(self, status: str, stop_reason: str | None) -> dict:
@@ -732,11 +737,13 @@ class Trainer:
                   test_top1_ema=scores["ema"]["top1"] if scores["ema"] else None)
 
     # ------------------------------------------------------------------------------------------------ loop
-    def _micro_batches(self):
-        """Yield (images, targets) for the remaining micro-batches, epoch after epoch, from self.step on."""
+    def _micro_batches(self, position=None):
+        """Yield (images, targets) for the remaining micro-batches, epoch after epoch, from the step that
+        `position()` gives (default: this run's own step; a cohort passes its common step)."""
         tc = self.cfg.train
+        position = position or (lambda: self.step)
         while True:
-            epoch, pos = divmod(self.step, self.steps_per_epoch)
+            epoch, pos = divmod(position(), self.steps_per_epoch)
             self.sampler.set_epoch(epoch)
             self.sampler.set_start(pos * tc.accum_steps * tc.batch_size)
             n_left = (self.steps_per_epoch - pos) * tc.accum_steps
@@ -744,7 +751,7 @@ class Trainer:
                 if i >= n_left:
                     break
                 yield batch
-            if self.step >= self.steps_total:
+            if position() >= self.steps_total:
                 return
 
     def _should_stop(self, step_seconds: float, signals: StopSignal) -> str | None:
@@ -812,6 +819,28 @@ class Trainer:
             self.release()
 
     def _run(self, signals: StopSignal) -> dict:
+        done = self.begin(signals)
+        if done is not None:
+            return done
+        stop_reason = None
+        step_seconds = 0.0
+        batches = self._micro_batches()
+        try:
+            while self.step < self.steps_total:
+                stop_reason = self._should_stop(step_seconds, signals)
+                if stop_reason:
+                    break
+                t0 = time.monotonic()
+                self._train_step(batches)
+                step_seconds = time.monotonic() - t0
+                self.after_step(step_seconds, signals)
+            return self.finish(stop_reason, signals)
+        finally:
+            self.runlog.close()
+
+    def begin(self, signals: StopSignal) -> dict | None:
+        """Start-up: clear debris, resume, write the config, open the logs. Returns the summary when the run is
+        already complete (nothing to do), else None."""
         tc = self.cfg.train
         signals.phase = "start-up"
         if self.dist.is_main:
@@ -838,42 +867,44 @@ class Trainer:
         self._last_save = time.monotonic()
         self._window_start, self._window_t0, self._data_wait = self.step, time.monotonic(), 0.0
         self._agreed_stop, self._last_loss = None, None
+        self.autocast = autocast_context(self.device, self.precision)
         self.runlog = RunLog(self.out, enabled=self.dist.is_main, total_steps=self.steps_total,
                              first_step=self.step, name=self.cfg.name, log_every=tc.log_every,
                              tensorboard=tc.tensorboard, progress=self.progress)
-        stop_reason = None
-        batches = self._micro_batches()
-        step_seconds = 0.0
-        autocast = autocast_context(self.device, self.precision)
         signals.phase = "training"
+        return None
+
+    def after_step(self, step_seconds: float, signals: StopSignal) -> None:
+        """Everything after an optimizer step: timing, the log window, progress, evaluation, checkpoint."""
+        tc = self.cfg.train
+        if self.step == self._first_step + 1 and tc.compile != "off":
+            self.compile_seconds = round(step_seconds, 3)
+            log.info("first step with torch.compile (%s): %.1f s", tc.compile, step_seconds)
+        if self.step > self._first_step + 1:  # the first step includes warm-up work (allocation, workers)
+            self._timed_steps += 1
+            self._timed_seconds += step_seconds
+            self._timed_images += tc.batch_size * tc.accum_steps * self.dist.world_size
+        epoch_end = self.step % self.steps_per_epoch == 0
         try:
-            while self.step < self.steps_total:
-                stop_reason = self._should_stop(step_seconds, signals)
-                if stop_reason:
-                    break
-                t0 = time.monotonic()
-                self._train_step(batches, autocast)
-                step_seconds = time.monotonic() - t0
-                if self.step == self._first_step + 1 and tc.compile != "off":
-                    self.compile_seconds = round(step_seconds, 3)
-                    log.info("first step with torch.compile (%s): %.1f s", tc.compile, step_seconds)
-                if self.step > self._first_step + 1:  # the first step includes warm-up work (allocation, workers)
-                    self._timed_steps += 1
-                    self._timed_seconds += step_seconds
-                    self._timed_images += tc.batch_size * tc.accum_steps * self.dist.world_size
-                epoch_end = self.step % self.steps_per_epoch == 0
-                if epoch_end or self.step % tc.log_every == 0:
-                    self._end_window(True, signals, step_seconds)
-                epoch = self.step // self.steps_per_epoch
-                self.runlog.step(self.step, epoch=epoch, loss=self._last_loss,
-                                 lr=self.optimizer.param_groups[0]["lr"], images_per_s=self._images_per_s())
-                if epoch_end:
-                    if epoch % tc.eval_every == 0 or self.step == self.steps_total:
-                        self._eval_and_log(epoch)
-                    self.stats.reset_epoch()
-                    self.epoch_loss = [0.0, 0]
-                if self.step < self.steps_total and self._checkpoint_due(epoch_end):
-                    self._save()
+            if epoch_end or self.step % tc.log_every == 0:
+                self._end_window(True, signals, step_seconds)
+            epoch = self.step // self.steps_per_epoch
+            self.runlog.step(self.step, epoch=epoch, loss=self._last_loss,
+                             lr=self.optimizer.param_groups[0]["lr"], images_per_s=self._images_per_s())
+            if epoch_end:
+                if epoch % tc.eval_every == 0 or self.step == self.steps_total:
+                    self._eval_and_log(epoch)
+                self.stats.reset_epoch()
+                self.epoch_loss = [0.0, 0]
+            if self.step < self.steps_total and self._checkpoint_due(epoch_end):
+                self._save()
+        except CheckpointWriteError:
+            self._record_stop("disk")
+            raise
+
+    def finish(self, stop_reason: str | None, signals: StopSignal) -> dict:
+        """After the loop: final test (when complete), final save, summary.json; returns the summary."""
+        try:
             self._end_window()
             if self.step >= self.steps_total:
                 signals.phase = "final evaluation"
@@ -930,35 +961,52 @@ class Trainer:
             self._write_json("summary.json", self.summary(status, stop_reason))
         barrier(self.dist)
 
-    def _train_step(self, batches, autocast) -> None:
+    def _train_step(self, batches) -> None:
         """One optimizer step over `accum_steps` micro-batches. Nothing here waits for the device: the loss and
         its parts are summed there (self.stats) and read every log_every steps."""
-        tc = self.cfg.train
-        for micro in range(tc.accum_steps):
+        for micro in range(self.cfg.train.accum_steps):
             t_wait = time.monotonic()
-            images, targets = next(batches)
+            batch = next(batches)
             self._data_wait += time.monotonic() - t_wait
-            if _CRASH_AT == f"{self.step}:{micro}":  # fault injection for the kill -9 resume tests
-                os.kill(os.getpid(), signal.SIGKILL)
-            if _SLOW_STEP:
-                time.sleep(_SLOW_STEP)
-            seed_all(step_seed(self.cfg.seed, self.dist.rank, self.step * tc.accum_steps + micro))
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            if tc.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            if self.mixup is not None:
-                images, targets = self.mixup(images, targets)
-            t_logits = t_map = None
-            if self.teacher is not None:
-                t_logits, t_map = self.teacher_fn(images)
-            last = micro == tc.accum_steps - 1
-            sync = nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
-            with sync:
-                with autocast:
-                    loss, parts = self.forward_fn(images, targets, t_logits, t_map, step=self.step)
-                self.stats.add(loss, parts, self.step)
-                self.scaler.scale(loss / tc.accum_steps).backward()
+            self.micro_step(*self.micro_inputs(batch, micro), micro)
+        self.optimizer_step()
+
+    def micro_inputs(self, batch, micro: int, step: int | None = None):
+        """A micro-batch of optimizer step `step` (default: this run's) made ready: on the device, seeded
+        randomness, mixup/cutmix, the teacher's outputs. (A cohort computes this once for all its members.)"""
+        tc = self.cfg.train
+        step = self.step if step is None else step
+        if _CRASH_AT == f"{step}:{micro}":  # fault injection for the kill -9 resume tests
+            os.kill(os.getpid(), signal.SIGKILL)
+        if _SLOW_STEP:
+            time.sleep(_SLOW_STEP)
+        seed_all(step_seed(self.cfg.seed, self.dist.rank, step * tc.accum_steps + micro))
+        images, targets = batch
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if tc.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)
+        t_logits = t_map = None
+        if self.teacher is not None:
+            t_logits, t_map = self.teacher_fn(images)
+        return images, targets, t_logits, t_map
+
+    def micro_step(self, images, targets, t_logits, t_map, micro: int) -> None:
+        """The student's forward and backward on one prepared micro-batch."""
+        tc = self.cfg.train
+        last = micro == tc.accum_steps - 1
+        sync = nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
+        with sync:
+            with self.autocast:
+                loss, parts = self.forward_fn(images, targets, t_logits, t_map, step=self.step)
+            self.stats.add(loss, parts, self.step)
+            self.scaler.scale(loss / tc.accum_steps).backward()
+
+    def optimizer_step(self) -> None:
+        """Clip, step, re-apply the sparse masks (prune and regrow when due), schedule, EMA."""
+        tc = self.cfg.train
         self.stats.end_step(tc.accum_steps)
         if tc.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)

@@ -136,12 +136,14 @@ class RunLog:
         self.enabled = enabled
         self.total = total_steps
         self.log_every = log_every
-        self.stream = stream or sys.stderr
         self.mode = None
         if enabled and progress:
             if progress is True:
-                progress = "bar" if _is_terminal(self.stream) else "lines"
+                progress = "bar" if _is_terminal(stream or sys.stderr) else "lines"
             self.mode = progress
+        # A bar redraws on stderr (the terminal convention); lines are ordinary output, so notebook logs
+        # (papermill) keep them at INFO level rather than as warnings.
+        self.stream = stream or (sys.stderr if self.mode == "bar" else sys.stdout)
         self.bar = None
         self._redirect = contextlib.nullcontext()
         if self.mode == "bar":
