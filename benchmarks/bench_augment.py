@@ -2,12 +2,14 @@
 
     python benchmarks/bench_augment.py                  # CPU: PIL loader with 0/1/2 workers vs the device path
     python benchmarks/bench_augment.py --device cuda    # also the device path on a GPU
+    taskset -c 0-3 python benchmarks/bench_augment.py --device cuda   # as on a Kaggle GPU session (4 vCPUs)
     python benchmarks/bench_augment.py --readme         # and write the results into benchmarks/README.md
 
 Both paths run the CIFAR recipe (RandomCrop(32, padding=4), flip, RandAugment rand-m9-mstd0.5-inc1, random
 erasing 0.25 in 'pixel' mode, normalisation) over 32x32 patches cut from scikit-learn's two sample photographs,
-with the same ResumableSampler, in one process, in interleaved rounds (so load from other processes hits every
-loader alike). Each round is one pass over the images; the first batch of a pass (worker start-up) is not timed.
+with the same ResumableSampler and the recipe's batch of 64, in one process, in interleaved rounds (so load from
+other processes hits every loader alike). Each round is one timed pass over the images, start-up included: an
+epoch as `repro train` runs it (on CPU, DataLoader workers start anew each epoch).
 
 Reported per loader: images/s (wall clock), CPU seconds used (this process and its worker processes, from
 getrusage) and images per CPU-second ("per core"), each as a ratio to the PIL loader with 0 workers. Medians
@@ -65,13 +67,12 @@ def cpu_seconds() -> float:
 
 
 def one_pass(loader, sampler, epoch: int, device: torch.device) -> tuple[int, float, float]:
-    """(images timed, wall seconds, CPU seconds) of one pass, from the end of its first batch."""
+    """(images, wall seconds, CPU seconds) of one whole pass, worker start-up included."""
     sampler.set_epoch(epoch)
-    it = iter(loader)
-    images, _ = next(it)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall, cpu, count = time.perf_counter(), cpu_seconds(), 0
+    it = iter(loader)
     for images, targets in it:
         count += len(images)
     if device.type == "cuda":
@@ -83,8 +84,8 @@ def one_pass(loader, sampler, epoch: int, device: torch.device) -> tuple[int, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add the device path on the GPU")
-    parser.add_argument("--images", type=int, default=2048, help="images per pass")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--images", type=int, default=4096, help="images per pass")
+    parser.add_argument("--batch", type=int, default=64, help="batch size (the CIFAR recipe's: 64)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one pass per loader each)")
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2], help="PIL loader worker counts")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process (default 1)")
@@ -118,8 +119,8 @@ def main() -> None:
     baseline = next(iter(results))
     base_ips = statistics.median(v[0] for v in results[baseline])
     base_core = statistics.median(v[1] for v in results[baseline])
-    rows = ["| loader | images/s | vs PIL 0 workers | CPU ms / image | images per CPU-second | per-core vs PIL 0 workers |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| loader | images/s | vs PIL 0 workers | CPU ms / image | images per CPU-second "
+            "| per-core vs PIL 0 workers |", "|---|---|---|---|---|---|"]
     for name, values in results.items():
         ips = statistics.median(v[0] for v in values)
         core = statistics.median(v[1] for v in values)

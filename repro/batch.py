@@ -11,6 +11,10 @@ Ctrl-C or SIGTERM (see `BatchStop`) stops the batch cleanly: the running noteboo
 saves and stops after its current step), the remaining runs are not started, and the summary table and batch.json
 are written as usual; the exit status is 130 (143 for SIGTERM). A second signal kills the notebook at once.
 
+A cohort run (a plan run with `cohort:`, see `repro.plan`) is complete when every member's folder is, and is
+checked member by member before it starts. `--pack N` executes N runs at a time, each notebook in its own child
+process on its own GPU (`repro.packing`).
+
 Also here: `train_subprocess`, which runs the training engine under torchrun from a notebook (DDP over several
 GPUs, e.g. Kaggle's T4 x2) without touching CUDA in the notebook's own process.
 """
@@ -35,7 +39,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ReproError
 from .paths import ensure_writable_dir
-from .plan import PLAN_FORMAT, PlanRun, load_plan
+from .plan import PLAN_FORMAT, PlanRun, check_cohort, cohort_state, load_plan
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # notebooks/ of a source checkout (editable install) and the copies shipped inside the package (wheel).
@@ -132,7 +136,10 @@ def _read_json(path: Path) -> dict | None:
 
 def run_state(run_dir: Path, parameters: dict[str, Any]) -> str | None:
     """'complete' when a run need not execute again: its summary says complete, or (for a notebook that
-    trains nothing) its last batch execution succeeded with the same parameters; None otherwise."""
+    trains nothing) its last batch execution succeeded with the same parameters; None otherwise. A cohort run
+    is complete when every member's summary says so."""
+    if parameters.get("cohort") is not None:
+        return cohort_state(run_dir, parameters["cohort"])
     summary = _read_json(run_dir / "summary.json")
     if summary is not None:
         return "complete" if summary.get("status") == "complete" else None
@@ -182,7 +189,7 @@ def check_parameters(source: Path, parameters: dict[str, Any]) -> dict:
 # Training-notebook parameters whose default (None) does not show their type: what `repro train` takes.
 TRAIN_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
     "max_steps": (int,), "checkpoint_every": (int,), "seed": (int,), "device": (str,), "config_file": (str,),
-    "time_budget": (str, int, float)}
+    "time_budget": (str, int, float), "cohort": (str, dict)}
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -282,6 +289,9 @@ def check_run_config(parameters: dict[str, Any], declared: dict, plan_dir: Path,
     `deferred` is true (resolved only where the run executes, e.g. Kaggle input references) are not checked."""
     if not {"preset", "overrides"} <= set(declared):
         return  # not a training notebook
+    if parameters.get("cohort") is not None:
+        check_cohort(parameters, deferred)  # every member, refusing one that differs in a shared key
+        return
     from .config import load_config
 
     overrides = parameters.get("overrides") or []
@@ -359,7 +369,7 @@ class BatchStop:
     def __init__(self, wait: float = STOP_WAIT_S, stream=None):
         self.wait = wait
         self.signum: int | None = None  # the first signal received
-        self.killed = False  # the kernel was killed (second signal, or the wait ran out)
+        self.killed: str | None = None  # why the kernel was killed (a second signal, or the wait ran out)
         self.kernel = None  # the running notebook's kernel manager (set by its class, see _local_kernel_transport)
         self.run_name: str | None = None  # the run whose notebook is executing
         self._in_cell = False
@@ -390,11 +400,15 @@ class BatchStop:
         return 128 + int(self.signum or 0)
 
     def _say(self, text: str) -> None:
-        stream = self._stream or sys.stderr
+        text = "\n" + text + "\n"
         try:
-            stream.write("\n" + text + "\n")
+            stream = self._stream or sys.stderr
+            stream.write(text)
             stream.flush()
-        except (OSError, ValueError):
+        except RuntimeError:  # the signal interrupted a write to the same stream (a progress bar): bypass it
+            with contextlib.suppress(OSError):
+                os.write(2, text.encode())
+        except (OSError, ValueError, AttributeError):
             pass
 
     def _handle(self, signum, frame) -> None:
@@ -404,7 +418,7 @@ class BatchStop:
             if self.run_name is not None and not self.killed:
                 self._say(f"{name} again: killing the notebook of {self.run_name} now; the files it has written "
                           "(checkpoints included) are kept")
-                self._kill()
+                self._kill(f"killed by a second {name}")
             return
         self.signum = signum
         again = "press Ctrl-C again" if signum == signal.SIGINT else "send SIGTERM again"
@@ -431,8 +445,7 @@ class BatchStop:
             with contextlib.suppress(OSError):
                 os.kill(process.pid, signal.SIGINT)
 
-    def _kill(self) -> None:
-        self.killed = True
+    def _kill(self, reason: str) -> None:
         provisioner, process = self._kernel_process()
         if process is None:
             return  # not started yet (its first cell is refused) or already gone
@@ -443,13 +456,14 @@ class BatchStop:
             else:
                 process.kill()
         except OSError:
-            pass
+            return
+        self.killed = reason
 
     def _out_of_time(self) -> None:
         if self.run_name is not None and not self.killed:
             self._say(f"the notebook of {self.run_name} did not stop within {self.wait:.0f} s: killing it; the "
                       "files it has written (checkpoints included) are kept")
-            self._kill()
+            self._kill(f"killed: not stopped {self.wait:.0f} s after {self.name}")
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -460,8 +474,7 @@ class BatchStop:
     def before_cell(self, cell=None, cell_index: int = 0, **_) -> None:
         """Refuse to execute another cell once the batch is stopping."""
         if self.signum is not None:
-            raise NotebookStopped(f"stopped by {self.name} before cell {cell_index + 1}; run the batch again to "
-                                  "continue")
+            raise NotebookStopped(f"stopped by {self.name} before cell {cell_index + 1} of executed.ipynb")
         self._in_cell = True
 
     def after_cell(self, **_) -> None:
@@ -471,7 +484,7 @@ class BatchStop:
     @contextlib.contextmanager
     def running(self, name: str) -> Iterator[None]:
         """Mark `name` as the run whose notebook executes, for the messages and the kill."""
-        self.run_name, self.killed, self._in_cell = name, False, False
+        self.run_name, self.killed, self._in_cell = name, None, False
         try:
             yield
         finally:
@@ -506,13 +519,15 @@ def _execute(run: PlanRun, notebook: Path, run_dir: Path, parameters: dict[str, 
             error = f"{type(exc).__name__}: {exc}"
         stopping = stop is not None and stop.signum is not None
         if stopping and stop.killed:
-            error = f"killed after {stop.name} ({error})" if error else f"killed after {stop.name}"
+            error = f"{stop.killed} ({error})" if error else stop.killed
         if error:
             log.error("repro batch: run %s %s: %s", run.name, "stopped" if stopping else "failed", error)
     summary = _read_json(run_dir / "summary.json")
     if error:
         # After a stop signal an unfinished notebook was stopped, not broken: running the batch again resumes it.
         return ("stopped" if stopping else "failed"), error
+    if parameters.get("cohort") is not None:  # members stopped by their time budget leave the cohort stopped
+        return ("complete" if cohort_state(run_dir, parameters["cohort"]) else "stopped"), None
     return (summary.get("status", "complete") if summary else "complete"), None
 
 
@@ -718,14 +733,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-wait", type=float, default=STOP_WAIT_S, metavar="SECONDS",
                    help="after Ctrl-C or SIGTERM, how long the running notebook may take to stop cleanly before "
                         f"it is killed (default: {STOP_WAIT_S:.0f})")
+    p.add_argument("--pack", type=int, default=1, metavar="N",
+                   help="execute N runs side by side, each notebook in its own process with CUDA_VISIBLE_DEVICES "
+                        "set to its own GPU (default 1: one after another); its console output goes to "
+                        "OUT/<name>/pack.log")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the plan, print the status table; 1 when any run failed, 130/143 when stopped by SIGINT/SIGTERM."""
     with BatchStop(wait=args.stop_wait) as stop:
-        records = run_plan(args.plan, args.out, only=args.only, notebooks_out=args.notebooks_out,
-                           kernel=args.kernel, progress=not args.no_progress, log_output=args.log_output, stop=stop)
+        if args.pack != 1:
+            from .packing import run_plan_packed
+            records, signum = run_plan_packed(args.plan, args.out, pack=args.pack, only=args.only,
+                                              notebooks_out=args.notebooks_out, kernel=args.kernel,
+                                              log_output=args.log_output, stop_wait=args.stop_wait, stop=stop)
+            stop.signum = stop.signum or signum
+        else:
+            records = run_plan(args.plan, args.out, only=args.only, notebooks_out=args.notebooks_out,
+                               kernel=args.kernel, progress=not args.no_progress, log_output=args.log_output,
+                               stop=stop)
         print()
         print(status_table(records))
         failed = [r["name"] for r in records if r["status"] == "failed"]

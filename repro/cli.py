@@ -234,26 +234,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `repro` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.INFO
-    if _rank() != 0 and not args.verbose:
-        level = logging.WARNING  # under torchrun, rank 0 tells the story; the others speak up only for problems
-    logging.basicConfig(level=level, format="%(message)s")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    from .train.budget import RunAborted
+    import signal
+    import threading
 
+    # Until a command installs its own stop handling (training: stop after this step and save), SIGTERM is
+    # an interrupt like Ctrl-C: one line, no traceback.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return int(args.func(args) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        level = logging.DEBUG if args.verbose else logging.INFO
+        if _rank() != 0 and not args.verbose:
+            level = logging.WARNING  # under torchrun, rank 0 tells the story; the others speak up only for problems
+        logging.basicConfig(level=level, format="%(message)s")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        from .train.budget import RunAborted
+
+        try:
+            return int(args.func(args) or 0)
+        except RunAborted as exc:
+            return 128 + int(exc.signum)  # the handler has already said what happened, in one line
     except ReproError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RunAborted as exc:
-        return 128 + int(exc.signum)  # the handler has already said what happened, in one line
-    except KeyboardInterrupt:
-        print("interrupted; files already written are kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        print(f"{name}: stopped; files already written are kept", file=sys.stderr)
+        return 128 + int(signum)

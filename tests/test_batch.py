@@ -1,13 +1,21 @@
-"""repro.batch: plans executed through papermill, past failures, skipping complete runs and resuming stopped ones.
+"""repro.batch: plans executed through papermill, past failures, skipping complete runs and resuming stopped ones,
+and clean stops on Ctrl-C and SIGTERM.
 
 The notebooks here are small stand-ins for train.ipynb (they write a summary.json as the engine does), so the
-batch logic is tested without training; tests/test_notebooks.py executes the real notebooks.
+batch logic is tested without training; tests/test_notebooks.py executes the real notebooks. Only the stop-signal
+test of `repro batch` itself trains (tiny runs), since the signal must reach the engine inside the kernel.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
+import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -239,3 +247,115 @@ def test_plan_defaults_apply_where_the_notebook_declares_them(tmp_path):
     assert batch.run_parameters(b, tmp_path) == {"mode": "stop", "device": "cpu"}
     with pytest.raises(ReproError, match="declares no parameter device"):
         batch.check_parameters(tmp_path / "fake.ipynb", batch.run_parameters(b, tmp_path))
+
+
+# ------------------------------------------------------------------------------------------- stop signals
+ROOT = Path(batch.__file__).resolve().parent.parent
+
+
+def _wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert predicate(), "timed out"
+
+
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_batch_stops_cleanly_on_a_signal(tmp_path, sig, code, name):
+    """The signal reaches the training engine inside the notebook's kernel: the run saves and stops, the next run is
+    not started, the table and batch.json are written, and the exit status is the signal's, without a traceback."""
+    (tmp_path / "plan.yaml").write_text(
+        "defaults: {preset: quickstart-teacher, checkpoint_every: 1, device: cpu,\n"
+        "           overrides: ['data.train_limit=128', 'train.epochs=50', 'sparse.sparsity=0']}\n"
+        "runs:\n  - {name: first, notebook: train.ipynb}\n  - {name: second, notebook: train.ipynb}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "repro", "batch", "plan.yaml", "--out", "runs", "--no-progress"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "runs" / "first"
+    try:  # kernel start-up and the first step take several seconds
+        _wait_for(lambda: any((first / "checkpoints").glob("ckpt-*.pt")) or proc.poll() is not None)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout
+    assert f"{name}: stopping the running notebook of first" in stderr  # said at once, on stderr
+    summary = json.loads((first / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["stop_reason"] == "signal"
+    assert (first / "checkpoints" / f"ckpt-{summary['steps_done']:08d}.pt").is_file()
+    record = json.loads((first / "batch.json").read_text())
+    assert record["status"] == "stopped" and f"stopped by {name}" in record["error"]
+    # The kernel got the interrupt (SIGINT) in the engine's handler: a clean stop, not a KeyboardInterrupt.
+    assert "Ctrl-C: the run will stop after this step and save" in (first / "papermill.log").read_text()
+    table = stdout.splitlines()
+    assert any(line.split()[:2] == ["first", "stopped"] for line in table)
+    assert any(line.split()[:3] == ["second", "not", "run"] for line in table)
+    assert not (tmp_path / "runs" / "second").exists()
+
+
+def _cell_notebook(path: Path, source: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('out_dir = "runs/x"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(source),
+                nbformat.v4.new_code_cell("(pathlib.Path(out_dir) / 'next-cell').write_text('')")]
+    nbformat.write(nb, path)
+    return path
+
+
+def _signal_when(path: Path, sig: int, times: int = 1) -> threading.Thread:
+    """Send `sig` to this process (the batch) once `path` exists, `times` times."""
+    def send():
+        _wait_for(path.exists, timeout=60)
+        for _ in range(times):
+            time.sleep(0.3)
+            os.kill(os.getpid(), sig)
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+STARTED = "import pathlib, signal, time\npathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)\n"
+
+
+def test_a_notebook_interrupted_outside_training_stops_and_runs_no_further_cell(tmp_path):
+    """Outside the engine the forwarded SIGINT is a KeyboardInterrupt in the running cell; a cell that handles it
+    (as the engine does) ends, and the notebook's next cell is not executed."""
+    from repro.plan import PlanRun
+
+    nb = _cell_notebook(tmp_path / "nb.ipynb", STARTED + "(pathlib.Path(out_dir) / 'started').write_text('')\n"
+                        "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('interrupted')\n")
+    out, messages = tmp_path / "runs", io.StringIO()
+    sender = _signal_when(out / "a" / "started", signal.SIGINT)
+    with batch.BatchStop(stream=messages) as stop:
+        records = batch.run_notebooks([PlanRun("a", str(nb), {}), PlanRun("b", str(nb), {})], out, progress=False,
+                                      stop=stop)
+    sender.join()
+    assert stop.exit_code == 130 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [r["status"] for r in records] == ["stopped", "not run"]
+    assert records[0]["error"] == "stopped by Ctrl-C before cell 4 of executed.ipynb" and records[0]["seconds"] < 30
+    assert not (out / "a" / "next-cell").exists() and not (out / "b").exists()
+    assert "interrupted" in (out / "a" / "papermill.log").read_text()
+    assert json.loads((out / "a" / "batch.json").read_text())["status"] == "stopped"
+    assert "Ctrl-C: stopping the running notebook of a" in messages.getvalue()
+
+
+@pytest.mark.parametrize("times, wait, reason", [(2, 60.0, "killed by a second SIGTERM"),
+                                                 (1, 1.0, "killed: not stopped 1 s after SIGTERM")])
+def test_a_notebook_that_does_not_stop_is_killed(tmp_path, times, wait, reason):
+    """A second signal, or the end of the wait, kills a kernel that ignores the interrupt; the run is stopped."""
+    from repro.plan import PlanRun
+
+    nb = _cell_notebook(tmp_path / "nb.ipynb", STARTED + "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                        "(pathlib.Path(out_dir) / 'started').write_text('')\ntime.sleep(60)\n")
+    out = tmp_path / "runs"
+    sender = _signal_when(out / "a" / "started", signal.SIGTERM, times)
+    with batch.BatchStop(wait=wait, stream=io.StringIO()) as stop:
+        records = batch.run_notebooks([PlanRun("a", str(nb), {})], out, progress=False, stop=stop)
+    sender.join()
+    assert stop.exit_code == 143
+    assert records[0]["status"] == "stopped" and records[0]["error"].startswith(reason), records[0]["error"]
+    assert records[0]["seconds"] < 30 and (out / "a" / "executed.ipynb").is_file()

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from repro.config import DataConfig, load_config
-from repro.data import ResumableSampler, build_data, build_loader, resolve_augment_on, seeded_rngs
+from repro.data import ResumableSampler, build_data, build_loader, derive_seed, resolve_augment_on, seeded_rngs
 from repro.data import device_augment as da
 from repro.data.datasets import ArrayImageDataset, TransformedSubset
 from repro.data.transforms import CIFAR100_MEAN, CIFAR100_STD, _posterize_all_bits, train_transform
@@ -96,10 +96,10 @@ def test_each_op_matches_timm_pillow_on_the_same_images_and_magnitudes(patches, 
     args, ref = [], []
     for i, (img, level) in enumerate(zip(images, levels)):
         # timm's level -> argument rule draws its sign from `random`; ours from the generator it is given
-        random.seed(i)
-        expected = LEVEL_TO_ARG[name](level, hparams) if LEVEL_TO_ARG[name] else ()
+        with seeded_rngs(i):
+            expected = LEVEL_TO_ARG[name](level, hparams) if LEVEL_TO_ARG[name] else ()
         arg = da.level_to_arg(name, level, op, random.Random(i))
-        assert expected == () or arg == pytest.approx(expected[0], abs=0), (name, level)
+        assert expected == () or arg == expected[0], (name, level)
         args.append(arg)
         out = _timm_op(name)(Image.fromarray(img), *expected, fillcolor=FILL, resample=Image.BICUBIC)
         ref.append(np.asarray(out))
@@ -160,7 +160,7 @@ def test_parameters_equal_the_cpu_pipelines_draws_seed_for_seed():
     recipe = da.compile_transform(tf, 32)
     names = [op.name for op in recipe.ops]
     sampler = da.ParameterSampler(recipe)
-    seeds = [ResumableSampler(1, seed=0).seed] + [random.Random(s).getrandbits(63) for s in range(600)]
+    seeds = [derive_seed(0, 1, p) for p in range(300)] + [random.Random(s).getrandbits(63) for s in range(300)]
     plan = sampler.draw(seeds)
     padded = Image.new("RGB", (40, 40))
     for i, seed in enumerate(seeds):
@@ -208,9 +208,9 @@ def test_op_choice_and_magnitudes_follow_timms_distribution_over_10k_draws():
     assert chi2_contingency(counts)[1] > 1e-3, counts
     assert abs(skipped_ours / 20_000 - 0.5) < 4 * (0.25 / 20_000) ** 0.5  # binomial bound, 4 sigma
     # Magnitudes: rotation angle (|degrees| = 3 x level, level ~ clip(N(9, 0.5), 0, 10)), binned.
-    bins = np.linspace(0, 30, 13)
-    angles = [np.histogram([abs(a) for n, a in s if n == "Rotate"], bins)[0] for s in (ours, theirs)]
-    angles = [[c for c, o in zip(row, np.sum(angles, 0)) if o > 0] for row in angles]
+    bins = np.linspace(24, 30.001, 7)  # below 24 degrees (level < 8): pooled into the first bin
+    angles = [np.histogram(np.clip([abs(a) for n, a in s if n == "Rotate"], 24, 30), bins)[0]
+              for s in (ours, theirs)]
     assert chi2_contingency(angles)[1] > 1e-3, angles
     # Posterize to 0 bits happens exactly when the level clips at 10: P(N(9, 0.5) >= 10) = 2.28%.
     for sample in (ours, theirs):
@@ -254,7 +254,9 @@ def test_device_loader_gives_the_pil_loaders_batches_and_statistics(patches):
     b = torch.cat([x for x, _ in dev]) * std + mean
     for stat in (lambda t: t.mean((0, 2, 3)), lambda t: t.std((0, 2, 3))):
         assert torch.allclose(stat(b), stat(a), rtol=0.01, atol=0), (stat(a), stat(b))
-    assert not torch.equal(a[:64], torch.cat([x for x, _ in dev])[:64])  # augmentation did something
+    order = [index for index, _ in sampler]  # the source image of each output
+    plain = torch.from_numpy(patches[order[:len(b)]]).permute(0, 3, 1, 2) / 255
+    assert (plain - b).abs().mean() > 0.05  # augmentation did something
 
 
 def test_without_randaugment_or_erasing_the_paths_still_agree(patches):
@@ -306,7 +308,9 @@ def test_loading_leaves_the_global_generators_alone(patches):
     view = train_view(patches[:32])
     sampler = ResumableSampler(len(view), seed=1)
     loader = device_loader(view, sampler, 16)
-    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
     before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
     list(loader)
     assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]

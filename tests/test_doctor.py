@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from repro.cli import main
-from repro.doctor import doctor, format_doctor
+from repro.doctor import cudnn_text, doctor, format_doctor
 
 # What a CUDA 12.8+ build of torch ships: no sm_50/sm_60 (Pascal P100) kernels any more.
 CURRENT_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
@@ -25,6 +25,10 @@ def fake_gpus(monkeypatch):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: props[i])
         monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
+        # A T4 shows 16 GiB in its properties but leaves about 15 GB to a process (the driver's own share).
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (15_000 * 2**20, 16 * 2**30))
+        monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: bool(gpus))
+        monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
     return install
 
 
@@ -36,6 +40,7 @@ def test_cpu_only(fake_gpus):
     assert d["in_kaggle"] is False and d["kaggle_run_type"] is None
     text = format_doctor(d)
     assert "torch" in text and "fp32" in text and "PROBLEM" not in text
+    assert d["cudnn"] is None and "none (no CUDA device)" in text and "MiB" not in text
 
 
 def test_t4_gets_fp16(fake_gpus):
@@ -46,6 +51,22 @@ def test_t4_gets_fp16(fake_gpus):
     assert d["gpus"][0]["kernels_available"] is True
     assert d["precision"] == "fp16"
     assert "Tesla T4, compute capability 7.5 (sm_75)" in format_doctor(d)
+    assert d["cudnn"] == 91002 and d["gpus"][0]["total_memory_mib"] == 16384
+    assert d["gpus"][0]["free_memory_mib"] == 15000
+    text = format_doctor(d)
+    assert "9.10.2" in text and "16384 MiB total, 15000 MiB free" in text
+
+
+def test_cudnn_versions_and_unknown_free_memory(fake_gpus, monkeypatch):
+    assert (cudnn_text(90100), cudnn_text(91002), cudnn_text(8907), cudnn_text(None)) == (
+        "9.1.0", "9.10.2", "8.9.7", "none")
+    fake_gpus([("Tesla T4", (7, 5))])
+
+    def no_context(i=0):
+        raise RuntimeError("CUDA driver initialization failed")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_context)
+    d = doctor()
+    assert d["gpus"][0]["free_memory_mib"] is None and "free memory unknown" in format_doctor(d)
 
 
 @pytest.mark.parametrize("name,cap,precision", [("NVIDIA L4", (8, 9), "bf16"), ("NVIDIA A100", (8, 0), "bf16"),

@@ -19,8 +19,8 @@ PACKAGED = ROOT / "repro" / "notebooks"
 NAMES = ["train", "evaluate", "report", "erf"]
 
 PARAMETERS = {
-    "train": ["preset", "config_file", "overrides", "out_dir", "max_steps", "time_budget", "checkpoint_every",
-              "seed", "device", "resume_from", "nproc"],
+    "train": ["preset", "config_file", "cohort", "overrides", "out_dir", "max_steps", "time_budget",
+              "checkpoint_every", "seed", "device", "resume_from", "nproc"],
     "evaluate": ["checkpoint", "model", "overrides", "split", "use_ema", "deploy", "batch_size", "device", "out_dir"],
     "report": ["runs", "out_dir", "title", "basis"],
     "erf": ["source", "model", "overrides", "split", "images", "size", "use_ema", "device", "out_dir"],

@@ -142,6 +142,36 @@ def test_resume_equals_straight(straight, tmp_path, stop_at):
     assert untimed[0] == untimed[1]  # the evaluation rows, train_loss included, are the same numbers
 
 
+@pytest.fixture(scope="module")
+def straight_device(tmp_path_factory):
+    """The resume configuration with augmentation on the training device (the CPU here) instead of PIL."""
+    out = tmp_path_factory.mktemp("straight-device") / "run"
+    summary = train(cfg_for(*TEACHER, "data.augment_on=device"), out, progress=False)
+    assert summary["status"] == "complete" and summary["augment_on"] == "device"
+    return out, summary
+
+
+def test_device_augmentation_resumes_bit_identically(straight, straight_device, tmp_path):
+    out = tmp_path / "run"
+    cfg = cfg_for(*TEACHER, "data.augment_on=device")
+    assert train(cfg, out, max_steps=7, progress=False)["status"] == "stopped"
+    second = train(cfg_for(*TEACHER, "data.augment_on=device"), out, progress=False)
+    assert second["state_digest"] == straight_device[1]["state_digest"]
+    assert second["state_digest"] != straight[1]["state_digest"]  # the two paths draw different numbers
+    assert straight[1]["augment_on"] == "cpu"
+
+
+def test_device_augmentation_resumes_after_kill_9(straight_device, tmp_path):
+    out = tmp_path / "run"
+    args = _train_args(out, "--checkpoint-every", "2", "--set", "data.augment_on=device")
+    killed = _cli(*args, env_extra={"REPRO_CRASH_AT": "3:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    done = _cli(*_train_args(out, "--set", "data.augment_on=device"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the subprocesses run with the test process's thread settings, as the fixture did
+    assert digest(out) == straight_device[1]["state_digest"]
+
+
 def _cli(*args, env_extra=None, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "repro", *args], env=env, capture_output=True, text=True,

@@ -2,29 +2,32 @@
 
 The CPU path (`build_loader` over `train_transform`: torchvision's RandomCrop(32, padding=4) and horizontal
 flip, timm's RandAugment on PIL images, ToTensor, Normalize, timm's RandomErasing) augments one image at a
-time in worker processes. Here the uint8 training set lives on the training device and each batch is augmented
-there in a few batched tensor operations, as airbench-style CIFAR pipelines do.
+time in DataLoader workers. Here the uint8 training set lives on the training device and batches are augmented
+there in batched tensor operations, as airbench-style CIFAR pipelines do (timm's RandAugment and RandomErasing,
+torchvision's crop and flip, and Pillow's arithmetic are the reference throughout).
 
 Same augmentation, sample for sample. `compile_transform` reads the CPU transform that `train_transform` builds
 (so both paths follow one configuration), and `ParameterSampler` draws every random parameter of a sample from
 that sample's seed (the `sample_seed` ResumableSampler yields) exactly as the CPU path draws it: torch for the
 crop, flip and erasing noise, numpy for RandAugment's op choice, Python's `random` for the op probability,
 magnitude noise, sign and the erasing box, each generator seeded as `PerSampleSeeded` seeds it. A sample
-therefore gets the same crop, flip, ops, magnitudes and erasing on both paths, and on every resume and any
-number of processes; the parameters never depend on the batch a sample lands in.
+therefore gets the same crop, flip, ops, magnitudes and erasing on both paths, on every resume and on any
+number of processes; its parameters never depend on the batch it lands in, nor on how many batches are
+augmented together (`DeviceLoader` augments 512 images per pass).
 
-The pixel operations replay Pillow's arithmetic (timm's RandAugment calls Pillow): the bicubic affine filter
-of `Image.transform` (4x4 taps, a = -1, edge clamping, truncation, fill colour outside the source), Pillow's
-integer grey conversion and float32 `Image.blend`, the histogram look-up tables of autocontrast and equalize,
-the SMOOTH kernel of Sharpness. On CPU the outputs equal Pillow's in nearly every pixel; the few that differ
-(float rounding at a truncation boundary) differ by one grey level. tests/test_device_augment.py states and
-checks the tolerance of each op.
+The pixel operations replay Pillow's arithmetic: the bicubic filter of `Image.transform` (4x4 taps, a = -1,
+edge clamping, float64, truncation, the fill colour outside the source), Pillow's integer RGB -> L conversion
+and float32 `Image.blend` for the ImageEnhance ops, the SMOOTH kernel of Sharpness, and the look-up tables of
+autocontrast, equalize, posterize (0 bits: black, as repro.data.transforms maps it) and solarize. On CPU the
+device path's batches equal the PIL path's bit for bit; tests/test_device_augment.py states the tolerance of
+each op (one grey level for the bicubic ops, none for the others) and checks it against timm and Pillow.
 
-Scope: the stored 32x32 resolution (CIFAR's RandomCrop branch of train_transform); other sizes, folder
-datasets (ImageNet) and RandAugment policies with ops not listed in OPS keep the CPU path.
+Scope: the stored 32x32 resolution (the RandomCrop branch of train_transform) and RandAugment's ops in OPS;
+other sizes, folder datasets (ImageNet) and other policies keep the CPU path (`resolve_augment_on`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -202,39 +205,47 @@ class AugmentPlan:
     noise: list[list[torch.Tensor]]
 
 
-def _negate(rng: random.Random, v: float) -> float:
-    # timm's _randomly_negate: the sign flips when the draw exceeds one half
-    return -v if rng.random() > 0.5 else v
+def level_rule(op: RandOp):
+    """timm's level -> argument rule of `op` (LEVEL_TO_ARG) as `rule(level, rng)`; signs are drawn from rng."""
+    name = op.name
+
+    def signed(scale: float):
+        def rule(level: float, rng: random.Random) -> float:
+            v = level / _LEVEL_DENOM * scale
+            return -v if rng.random() > 0.5 else v  # timm's _randomly_negate: flip when the draw exceeds 1/2
+        return rule
+
+    if name == "Rotate":
+        return signed(30.0)
+    if name in ("ShearX", "ShearY"):
+        return signed(0.3)
+    if name in ("TranslateXRel", "TranslateYRel"):
+        return signed(op.translate_pct)
+    if name in ("TranslateX", "TranslateY"):
+        return signed(op.translate_const)
+    if name == "Posterize":
+        return lambda level, rng: float(int(level / _LEVEL_DENOM * 4))
+    if name == "PosterizeIncreasing":
+        return lambda level, rng: float(4 - int(level / _LEVEL_DENOM * 4))
+    if name == "PosterizeOriginal":
+        return lambda level, rng: float(int(level / _LEVEL_DENOM * 4) + 4)
+    if name == "Solarize":
+        return lambda level, rng: float(min(256, int(level / _LEVEL_DENOM * 256)))
+    if name == "SolarizeIncreasing":
+        return lambda level, rng: float(256 - min(256, int(level / _LEVEL_DENOM * 256)))
+    if name == "SolarizeAdd":
+        return lambda level, rng: float(min(128, int(level / _LEVEL_DENOM * 110)))
+    if name in _ENHANCE:
+        return lambda level, rng: level / _LEVEL_DENOM * 1.8 + 0.1
+    if name.endswith("Increasing"):  # the enhance ops moving away from 1.0 (no change), at least 0.1
+        move = signed(0.9)
+        return lambda level, rng: max(0.1, 1.0 + move(level, rng))
+    return lambda level, rng: 0.0  # AutoContrast, Equalize, Invert take no argument
 
 
 def level_to_arg(name: str, level: float, op: RandOp, rng: random.Random) -> float:
     """timm's level -> argument rule for `name` at `level` (0..10); sign draws come from `rng`."""
-    frac = level / _LEVEL_DENOM
-    if name == "Rotate":
-        return _negate(rng, frac * 30.0)
-    if name in ("ShearX", "ShearY"):
-        return _negate(rng, frac * 0.3)
-    if name in ("TranslateXRel", "TranslateYRel"):
-        return _negate(rng, frac * op.translate_pct)
-    if name in ("TranslateX", "TranslateY"):
-        return _negate(rng, frac * op.translate_const)
-    if name == "Posterize":
-        return float(int(frac * 4))
-    if name == "PosterizeIncreasing":
-        return float(4 - int(frac * 4))
-    if name == "PosterizeOriginal":
-        return float(int(frac * 4) + 4)
-    if name == "Solarize":
-        return float(min(256, int(frac * 256)))
-    if name == "SolarizeIncreasing":
-        return float(256 - min(256, int(frac * 256)))
-    if name == "SolarizeAdd":
-        return float(min(128, int(frac * 110)))
-    if name in _ENHANCE:
-        return frac * 1.8 + 0.1
-    if name.endswith("Increasing"):  # the enhance ops moving away from 1.0 (no change)
-        return max(0.1, 1.0 + _negate(rng, frac * 0.9))
-    return 0.0  # AutoContrast, Equalize, Invert take no argument
+    return level_rule(dataclasses.replace(op, name=name))(level, rng)
 
 
 def affine_matrix(name: str, arg: float, size: int) -> tuple[float, ...]:
@@ -310,7 +321,8 @@ class ParameterSampler:
         """torchvision RandomCrop.get_params (top, then left) and RandomHorizontalFlip (torch.rand(1) < p)."""
         span = 2 * self.recipe.padding + 1
         if self._fast:  # torch's stream is numpy's: the first outputs of the sample's MT19937
-            return raw[0] % span, raw[1] % span, self.recipe.hflip > 0 and (raw[2] & 0xFFFFFF) * 2.0 ** -24 < self._hflip
+            flip = self.recipe.hflip > 0 and (raw[2] & 0xFFFFFF) * 2.0 ** -24 < self._hflip
+            return raw[0] % span, raw[1] % span, flip
         g = self._torch
         g.manual_seed(seed)
         top, left = torch.randint(0, span, (2,), generator=g).tolist()
@@ -335,6 +347,7 @@ class ParameterSampler:
         affine = np.zeros((n, layers, 6), np.float64)
         py, nprs, bits = self._py, self._np, self._bits
         geometric = [op.name in _GEOMETRIC for op in r.ops]
+        rules = [level_rule(op) for op in r.ops]
         for i, seed in enumerate(seeds):
             # The seeds PerSampleSeeded gives the global torch, random and numpy generators.
             py.seed(seed)
@@ -361,7 +374,7 @@ class ParameterSampler:
                     elif op.magnitude_std > 0:
                         level = py.gauss(level, op.magnitude_std)
                     level = max(0.0, min(level, op.magnitude_max or _LEVEL_DENOM))
-                    arg = level_to_arg(op.name, level, op, py)
+                    arg = rules[k](level, py)
                     ops[i, layer], args[i, layer] = k, arg
                     if geometric[k]:
                         affine[i, layer] = affine_matrix(op.name, arg, r.size)
@@ -424,7 +437,6 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 _POINT = ("AutoContrast", "Equalize", "Invert", "Posterize", "PosterizeIncreasing", "PosterizeOriginal",
           "Solarize", "SolarizeIncreasing", "SolarizeAdd")
 _BLEND = _ENHANCE + tuple(f"{name}Increasing" for name in _ENHANCE)
-_SHIFT_X = ("ShearX", "TranslateX", "TranslateXRel")
 _SHIFT_Y = ("ShearY", "TranslateY", "TranslateYRel")
 _FAMILIES = ("point", "blend", "shift", "rotate")
 
@@ -454,20 +466,19 @@ def _select(kind: torch.Tensor, choices: dict[int, torch.Tensor], default: torch
 
 
 # Point ops --------------------------------------------------------------------------------------------
-def _histogram(img: torch.Tensor) -> torch.Tensor:
-    """(n, C, 256) int64 counts of each grey level per image and channel."""
-    n, c, h, w = img.shape
-    index = img.reshape(n * c, h * w).long()
-    counts = torch.zeros(n * c, 256, dtype=torch.int64, device=img.device)
-    counts.scatter_add_(1, index, torch.ones_like(index))
+def _histogram(levels: torch.Tensor) -> torch.Tensor:
+    """(n, C, 256) int64 counts of each grey level, from the images' levels as (n, C, H * W) int64."""
+    n, c, _ = levels.shape
+    counts = torch.zeros(n * c, 256, dtype=torch.int64, device=levels.device)
+    flat = levels.reshape(n * c, -1)
+    counts.scatter_add_(1, flat, torch.ones(1, 1, dtype=torch.int64, device=levels.device).expand_as(flat))
     return counts.view(n, c, 256)
 
 
 def _first_last(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lowest and highest grey level present per (image, channel)."""
-    present = hist > 0
-    levels = torch.arange(256, device=hist.device)
-    return torch.where(present, levels, 256).amin(-1), torch.where(present, levels, -1).amax(-1)
+    """Lowest and highest grey level present per (image, channel) (every channel has some pixel)."""
+    present = (hist > 0).to(torch.uint8)
+    return present.argmax(-1), 255 - present.flip(-1).argmax(-1)  # argmax: the first of the maxima
 
 
 def _autocontrast_lut(hist: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -492,34 +503,38 @@ def _equalize_lut(hist: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.where(identity[..., None], levels, lut.clamp_(max=255)).float()
 
 
+def _rows_by_kind(names: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """{op without its level variant: indices (on `device`) of the images that run it}, in first-seen order."""
+    rows: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        rows.setdefault(_base(name), []).append(i)
+    return {kind: to_device(torch.tensor(r), device) for kind, r in rows.items()}
+
+
 def point_ops(img: torch.Tensor, names: Sequence[str], args: torch.Tensor) -> torch.Tensor:
     """Apply point op names[i] (with argument args[i]: bits, threshold or addend) to image i."""
-    levels = torch.arange(256, device=img.device)
-    kinds = [_base(name) for name in names]
-    present = sorted(set(kinds), key=kinds.index)
-    kind = to_device(torch.tensor([present.index(k) for k in kinds]), img.device)
-    a = to_device(args, img.device).to(torch.float32).view(-1, 1)
-    grid = levels.float().view(1, 256)
-    hist = _histogram(img) if {"AutoContrast", "Equalize"} & set(present) else None
-    tables = {}
-    for k, name in enumerate(present):
-        if name == "AutoContrast":
-            tables[k] = _autocontrast_lut(hist, levels)
-        elif name == "Equalize":
-            tables[k] = _equalize_lut(hist, levels)
-        elif name == "Invert":
-            tables[k] = (255 - grid).expand(len(names), 256)
-        elif name == "Posterize":  # keep the top `bits` bits; 0 bits is black, as repro.data.transforms maps it
-            dropped = (8 - a.clamp(0, 8)).long()
-            tables[k] = grid - torch.remainder(grid, torch.bitwise_left_shift(torch.ones_like(dropped), dropped))
-        elif name == "Solarize":  # invert the levels at or above the threshold
-            tables[k] = torch.where(grid < a, grid, 255 - grid)
-        else:  # timm's solarize_add: add (capped at 255) to the levels below 128
-            tables[k] = torch.where(grid < 128, (grid + a).clamp_(max=255), grid)
     n, c, h, w = img.shape
-    tables = {k: (t if t.dim() == 3 else t.view(n, 1, 256).expand(n, c, 256)) for k, t in tables.items()}
-    lut = _select(kind, tables, next(iter(tables.values())))
-    return torch.gather(lut, 2, img.reshape(n, c, h * w).long()).view(n, c, h, w)
+    index = img.reshape(n, c, h * w).long()
+    levels = torch.arange(256, device=img.device)
+    grid = levels.float().view(1, 1, 256)
+    a = to_device(args, img.device).to(torch.float32).view(-1, 1, 1)
+    lut = torch.empty(n, c, 256, device=img.device)
+    # Each kind's tables are built for its own images only, then placed in their rows of `lut`.
+    for kind, rows in _rows_by_kind(names, img.device).items():
+        if kind in ("AutoContrast", "Equalize"):
+            hist = _histogram(index.index_select(0, rows))
+            table = _autocontrast_lut(hist, levels) if kind == "AutoContrast" else _equalize_lut(hist, levels)
+        elif kind == "Invert":
+            table = (255 - grid).expand(len(rows), c, 256)
+        elif kind == "Posterize":  # keep the top `bits` bits; 0 bits is black, as repro.data.transforms maps it
+            dropped = (8 - a.index_select(0, rows).clamp(0, 8)).long()
+            table = (grid - torch.remainder(grid, torch.bitwise_left_shift(torch.ones_like(dropped), dropped)))
+        elif kind == "Solarize":  # invert the levels at or above the threshold
+            table = torch.where(grid < a.index_select(0, rows), grid, 255 - grid)
+        else:  # timm's solarize_add: add (capped at 255) to the levels below 128
+            table = torch.where(grid < 128, (grid + a.index_select(0, rows)).clamp_(max=255), grid)
+        lut.index_copy_(0, rows, table.expand(len(rows), c, 256))
+    return torch.gather(lut, 2, index).view(n, c, h, w)
 
 
 # Blends -----------------------------------------------------------------------------------------------
@@ -546,23 +561,20 @@ def _smooth(img: torch.Tensor) -> torch.Tensor:
 
 def blend_ops(img: torch.Tensor, names: Sequence[str], factors: torch.Tensor) -> torch.Tensor:
     """ImageEnhance op names[i] with factors[i] on image i: Color, Contrast, Brightness or Sharpness."""
-    kinds = [_base(name) for name in names]
-    present = set(kinds)
-    degenerate = torch.zeros_like(img)  # Brightness: blend with black
-    if present & {"Color", "Contrast"}:
-        grey = _grey(img)
-    choices = {}
-    if "Color" in present:
-        choices[0] = grey.expand_as(img)
-    if "Contrast" in present:  # the mean grey level, rounded (ImageStat mean + 0.5, truncated)
-        mean = grey.double().sum((1, 2, 3)) / (grey.shape[-1] * grey.shape[-2])
-        choices[1] = torch.floor(mean + 0.5).to(img.dtype).view(-1, 1, 1, 1).expand_as(img)
-    if "Sharpness" in present:
-        choices[2] = _smooth(img)
-    if choices:
-        code = {"Color": 0, "Contrast": 1, "Sharpness": 2, "Brightness": 3}
-        kind = to_device(torch.tensor([code[k] for k in kinds]), img.device)
-        degenerate = _select(kind, choices, degenerate)
+    degenerate = torch.empty_like(img)
+    for kind, rows in _rows_by_kind(names, img.device).items():
+        part = img.index_select(0, rows)
+        if kind == "Color":  # the grey image
+            part = _grey(part).expand_as(part)
+        elif kind == "Contrast":  # the mean grey level, rounded (ImageStat mean + 0.5, truncated)
+            grey = _grey(part)
+            mean = grey.double().sum((1, 2, 3)) / (grey.shape[-1] * grey.shape[-2])
+            part = torch.floor(mean + 0.5).to(img.dtype).view(-1, 1, 1, 1).expand_as(part)
+        elif kind == "Sharpness":
+            part = _smooth(part)
+        else:  # Brightness: black
+            part = torch.zeros_like(part)
+        degenerate.index_copy_(0, rows, part)
     return _blend(degenerate, img, to_device(factors, img.device))
 
 
@@ -582,29 +594,32 @@ def affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], axes: s
     """Image.transform(AFFINE, matrix, BICUBIC, fillcolor=fill) per image; matrix (n, 6) maps output to source.
 
     `axes="x"` is for matrices that move points along x only (shears and translations in x): each source row
-    then sits exactly on a pixel centre, where Pillow's cubic weights are (0, 1, 0, 0), so four taps give the
-    same result as sixteen.
+    is then the output row, on a pixel centre, where Pillow's cubic weights are (0, 1, 0, 0), so four taps
+    give the same result as sixteen.
     """
     n, c, h, w = img.shape
     m = to_device(matrix, img.device).to(torch.float64).view(n, 6, 1, 1)
     ys = (torch.arange(h, device=img.device, dtype=torch.float64) + 0.5).view(1, h, 1)
     xs = (torch.arange(w, device=img.device, dtype=torch.float64) + 0.5).view(1, 1, w)
     xin = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]  # Pillow's order of operations
-    yin = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
-    inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    xin, yin = xin.sub_(0.5), yin.sub_(0.5)
-    x0, y0 = torch.floor(xin), torch.floor(yin)
-    dx, dy = (xin - x0).unsqueeze(1), (yin - y0).unsqueeze(1)
-    x0, y0 = x0.long(), y0.long()
-    # All taps in one gather: index (n, rows, cols, H, W), source rows and columns clamped to the edge.
-    kx, ky = (4 if "x" in axes else 1), (4 if "y" in axes else 1)
-    taps_x = torch.arange(kx, device=img.device) - (1 if kx == 4 else 0)
-    taps_y = torch.arange(ky, device=img.device) - (1 if ky == 4 else 0)
-    cols = (x0.unsqueeze(1) + taps_x.view(1, kx, 1, 1)).clamp_(0, w - 1)
-    rows = (y0.unsqueeze(1) + taps_y.view(1, ky, 1, 1)).clamp_(0, h - 1).mul_(w)
-    index = (rows.unsqueeze(2) + cols.unsqueeze(1)).view(n, 1, -1).expand(n, c, -1)
-    taps = torch.gather(img.reshape(n, c, h * w).double(), 2, index).view(n, c, ky, kx, h, w)
-    v = _cubic(*taps.unbind(3), dx.unsqueeze(2)) if kx == 4 else taps[:, :, :, 0]  # along x, per source row
+    inside = (xin >= 0) & (xin < w)
+    x0 = torch.floor(xin.sub_(0.5))
+    dx = (xin - x0).unsqueeze(1)
+    cols = (x0.long().unsqueeze(1) + torch.arange(-1, 3, device=img.device).view(1, 4, 1, 1)).clamp_(0, w - 1)
+    if axes == "x":  # the source rows are the output rows (yin = y + 0.5 lies inside, on a pixel centre)
+        rows = (torch.arange(h, device=img.device) * w).view(1, 1, h, 1)
+    else:
+        yin = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
+        inside &= (yin >= 0) & (yin < h)
+        y0 = torch.floor(yin.sub_(0.5))
+        dy = (yin - y0).unsqueeze(1)
+        rows = (y0.long().unsqueeze(1) + torch.arange(-1, 3, device=img.device).view(1, 4, 1, 1)).clamp_(0, h - 1)
+        rows = rows.mul_(w)
+    # All taps in one gather: index (n, source rows, source columns, H, W), clamped to the edge.
+    ky = rows.shape[1]
+    index = (rows.unsqueeze(2) + cols.unsqueeze(1)).expand(n, ky, 4, h, w).reshape(n, 1, -1).expand(n, c, -1)
+    taps = torch.gather(img.reshape(n, c, h * w).double(), 2, index).view(n, c, ky, 4, h, w)
+    v = _cubic(*taps.unbind(3), dx.unsqueeze(2))  # along x, per source row
     v = _cubic(*v.unbind(2), dy) if ky == 4 else v[:, :, 0]  # then along y
     value = v.trunc_().clamp_(0, 255).to(img.dtype)
     fill_t = to_device(torch.tensor(fill, dtype=img.dtype).view(1, c, 1, 1), img.device)
@@ -705,7 +720,8 @@ class DeviceAugment:
             active_t = torch.tensor(active)
             index = self.to_device(active_t)
             args = self.to_device(plan.args[active_t, layer])
-            mats = self.to_device(plan.affine[active_t, layer]) if groups[2] or groups[3] else None
+            geometric = groups[_FAMILIES.index("shift")] or groups[_FAMILIES.index("rotate")]
+            mats = self.to_device(plan.affine[active_t, layer]) if geometric else None
             start = 0
             for family, group in zip(_FAMILIES, groups):
                 if group:
@@ -794,7 +810,8 @@ class DeviceLoader:
 
 def build_device_loader(dataset: Any, *, batch_size: int, sampler, device: torch.device | str, seed: int,
                         img_size: int, randaugment: str | None, reprob: float, hflip: float,
-                        mean: Sequence[float], std: Sequence[float], drop_last: bool = True) -> DeviceLoader:
+                        mean: Sequence[float], std: Sequence[float], drop_last: bool = True,
+                        pass_size: int = 512) -> DeviceLoader:
     """A drop-in for `build_loader(...)` on the training set that augments batches on `device`.
 
     `sampler` must yield (index, sample_seed) pairs (ResumableSampler); `seed` is the run seed those sample
@@ -814,4 +831,4 @@ def build_device_loader(dataset: Any, *, batch_size: int, sampler, device: torch
                          native_size=native)
     augment = DeviceAugment(compile_transform(tf, img_size), device)
     return DeviceLoader(images, targets, sampler=sampler, batch_size=batch_size, augment=augment,
-                        drop_last=drop_last)
+                        drop_last=drop_last, pass_size=pass_size)

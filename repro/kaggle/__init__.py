@@ -23,6 +23,7 @@ The plan's `kaggle:` section (every key optional except an owner, which --owner 
       docker_image_pinning_type: null    # original | latest; null: original for a chain of sessions
       keywords: []
       parameters: {}                     # notebook parameters set on Kaggle only
+      pack: 1                            # 2: pairs of runs side by side in one T4 x2 session, one per GPU
       runs:                              # per-run overrides of the keys above
         some-run-name: {sessions: 3}
 
@@ -31,13 +32,13 @@ Parameter values may refer to folders inside attached inputs as `kaggle-input:<p
 paths vary. Nothing here imports the official `kaggle` module, which authenticates at import time.
 """
 from .bundle import build_bundle, verify_bundle
-from .inputs import find_in_input, require_previous_session, resolve_input_refs
+from .inputs import find_in_input, require_previous_cohort, require_previous_session, resolve_input_refs
 from .metadata import slugify, validate_dataset_metadata, validate_kernel_metadata
 from .preflight import preflight
 from .prepare import KaggleSettings, parse_settings, prepare_plan
 from .sessions import chain_status, plan_sessions, plan_sessions_from_run
 
 __all__ = ["KaggleSettings", "build_bundle", "chain_status", "find_in_input", "parse_settings", "plan_sessions",
-           "plan_sessions_from_run", "preflight", "prepare_plan", "require_previous_session",
+           "plan_sessions_from_run", "preflight", "prepare_plan", "require_previous_cohort", "require_previous_session",
            "resolve_input_refs", "slugify", "validate_dataset_metadata", "validate_kernel_metadata",
            "verify_bundle"]

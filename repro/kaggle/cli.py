@@ -99,8 +99,39 @@ def _check_train_args(train_args: list[str]) -> None:
     load_config(parsed.preset, parsed.config, overrides)
 
 
+def _plan_quota(args) -> int:
+    from ..plan import load_plan
+    from .quota import format_quota, plan_quota, save_json
+
+    calibration = None
+    if args.calibration:
+        try:
+            calibration = json.loads(Path(args.calibration).read_text())
+        except (OSError, ValueError) as exc:
+            raise ReproError(f"--calibration {args.calibration}: expected the JSON written by --save, found "
+                             f"{exc}") from None
+        calibration = calibration.get("calibration", calibration)
+    teachers = {}
+    for text in args.teacher_model or []:
+        ref, sep, model = text.partition("=")
+        if not sep or not model:
+            raise ReproError(f"--teacher-model {text}: expected TEACHER_RUN=MODEL, e.g. slak-tiny-cifar100=slak_tiny")
+        teachers[ref] = model
+    pack = args.pack or max([int((load_plan(p).kaggle or {}).get("pack") or 1) for p in args.plans] + [2])
+    result = plan_quota(args.plans, calibration=calibration, anchors=args.anchor or (), teacher_models=teachers,
+                        device=args.device, calibration_batch=args.calibration_batch, steps=args.calibration_steps,
+                        pack=pack, budget=args.budget, overhead=0.10 if args.overhead is None else args.overhead,
+                        session_overhead=args.session_overhead, weekly_hours=args.weekly_hours, seeds=args.seeds)
+    if args.save:
+        save_json(result, args.save)
+    print(json.dumps(result, indent=2) if args.json else format_quota(result))
+    return 0
+
+
 def _plan_sessions(args) -> int:
     from .sessions import plan_sessions, plan_sessions_from_run
+    if args.plans:
+        return _plan_quota(args)
     if args.run:
         result = plan_sessions_from_run(args.run, epochs=args.epochs, budget=args.budget,
                                         overhead=args.overhead if args.overhead is not None else 0.0)
@@ -197,10 +228,15 @@ def register(subparsers) -> None:
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then `repro train` arguments")
     p.set_defaults(func=_preflight)
 
-    p = sub.add_parser("plan-sessions", help="estimate the chained sessions a run needs",
-                       description="From measured throughput (a summary.json's images_per_s and the training-set "
-                                   "size), a measured epoch time, or a trial run folder timed on the target "
-                                   "accelerator.")
+    p = sub.add_parser("plan-sessions", help="estimate the sessions a run needs, or the quota of whole plans",
+                       description="With PLAN files: the GPU-hours, sessions and weeks of quota the plans need, "
+                                   "with and without cohorts and packing, from per-image costs calibrated on this "
+                                   "device (or --calibration) and scaled to the target by --anchor (every figure "
+                                   "printed says whether it is measured or estimated). Without: the sessions of one "
+                                   "run, from measured throughput (a summary.json's images_per_s and the "
+                                   "training-set size), a measured epoch time, or a trial run folder timed on the "
+                                   "target accelerator.")
+    p.add_argument("plans", nargs="*", metavar="PLAN", help="plan YAML files to estimate together (see kaggle/plans/)")
     p.add_argument("--run", metavar="RUN_DIR", help="a trial run folder (its summary.json times the steps)")
     p.add_argument("--images-per-s", type=float, help="training throughput")
     p.add_argument("--train-size", type=int, help="training images per epoch")
@@ -210,4 +246,20 @@ def register(subparsers) -> None:
     p.add_argument("--overhead", type=float, default=None,
                    help="extra share for evaluation and saves (default 0.10 with numbers, 0 with --run)")
     p.add_argument("--json", action="store_true")
+    g = p.add_argument_group("with PLAN files")
+    g.add_argument("--anchor", action="append", metavar="RUN_DIR|MODEL=IMAGES_PER_S",
+                   help="a throughput measured on the target device (a run folder's summary.json, or a model's "
+                        "training images/s) that scales the calibrated costs (repeatable)")
+    g.add_argument("--calibration", metavar="FILE", help="reuse the costs of an earlier --save instead of timing")
+    g.add_argument("--save", metavar="FILE", help="write the estimate, calibration included, as JSON")
+    g.add_argument("--device", help="device to calibrate on (default: cuda when available)")
+    g.add_argument("--calibration-batch", type=int, metavar="N",
+                   help="time steps of N images (default: the plans' batch size); costs are per image")
+    g.add_argument("--calibration-steps", type=int, default=2, metavar="N", help="timed steps per model (default 2)")
+    g.add_argument("--teacher-model", action="append", metavar="TEACHER=MODEL",
+                   help="the architecture of a teacher the plans name but this machine cannot read")
+    g.add_argument("--pack", type=int, help="runs per packed session (default: the plans' kaggle.pack, at least 2)")
+    g.add_argument("--seeds", type=int, default=1, help="every run this many times (default 1)")
+    g.add_argument("--weekly-hours", type=float, default=30.0, help="free GPU quota per week (default 30)")
+    g.add_argument("--session-overhead", default="10m", help="start-up charged per session (default 10m)")
     p.set_defaults(func=_plan_sessions)

@@ -93,3 +93,14 @@ def require_previous_session(run: str, session: int, previous: str | None = None
                      f"'{run}' was found under {input_root()}: attach the output of {source} (kernel_sources in "
                      "kernel-metadata.json) and check with `repro kaggle status` that it ended as 'stopped' or "
                      "'complete' with its outputs saved")
+
+
+def require_previous_cohort(run: str, members: list[str], session: int, previous: str | None = None,
+                            out_dir: str | Path | None = None) -> list[Path] | None:
+    """`require_previous_session` for every member of a cohort run (`<run>/<member>` under the inputs), each
+    member's history going to out_dir/<member>; the engine then finds each member's checkpoints by itself."""
+    if session <= 1:
+        return None
+    return [require_previous_session(f"{run}/{member}", session, previous,
+                                     out_dir=Path(out_dir) / member if out_dir is not None else None)
+            for member in members]

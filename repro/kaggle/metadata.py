@@ -135,6 +135,9 @@ def validate_kernel_metadata(meta: Any, folder: str | Path | None = None, *,
     if title is not None:
         if not isinstance(title, str) or len(title) < 5:
             problems.append(f"title should be a string of at least five characters, found {title!r}")
+        elif len(title) > 50:  # the server answers a longer one with a bare "500 internal server error"
+            problems.append(f"title '{title}' has {len(title)} characters; Kaggle takes at most 50: shorten the "
+                            "run name (or slug_prefix)")
         elif slug is not None and slugify(title) != slug.lower():
             problems.append(f"title '{title}' slugifies to '{slugify(title)}', not to the id's slug '{slug}'; "
                             "Kaggle would publish the notebook under another URL: make the two agree")

@@ -12,6 +12,10 @@ Session k of run R is kernel `<owner>/<slug_prefix>-<R>-s<k>` (slugified); it at
 k-1 through `kernel_sources` and runs the same notebook with the same out_dir under /kaggle/working, so the
 engine resumes from the newest checkpoint it finds under /kaggle/input. The layout written is
 `OUT/<run>/s<k>/{kernel-metadata.json, <notebook>.ipynb}`.
+
+A cohort run's cohort is baked into the notebook like any parameter (as its `cohort` mapping: Kaggle uploads
+the notebook only), and session k > 1 checks every member's checkpoints. With `kaggle.pack: 2` the runs are
+paired into packed sessions, one run per GPU (`repro.kaggle.packed`).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from typing import Any
 from ..batch import (bake_parameter_defaults, check_parameter_types, check_parameters, check_run_config,
                      find_notebook, run_parameters)
 from ..errors import ReproError
-from ..plan import Plan, PlanRun, load_plan
+from ..plan import Plan, PlanRun, cohort_members, load_plan
 from .metadata import (GPU_SHAPES, KERNEL_METADATA_FILE, TPU_SHAPES, shape_problem, slugify,
                        validate_kernel_metadata, write_metadata)
 from .official import SESSION_FILE
@@ -66,6 +70,7 @@ class KaggleSettings:
             `repro kaggle push` also runs on its first session's image), Kaggle's default otherwise.
         keywords: kernel tags.
         parameters: notebook parameters added on Kaggle only (after the plan's own).
+        pack: runs side by side in one session, one per GPU (2 on GPU T4 x2; see repro.kaggle.packed).
     """
 
     owner: str | None = None
@@ -84,6 +89,7 @@ class KaggleSettings:
     docker_image_pinning_type: str | None = None
     keywords: list = field(default_factory=list)
     parameters: dict = field(default_factory=dict)
+    pack: int = 1
     runs: dict = field(default_factory=dict)
 
     def for_run(self, name: str) -> "KaggleSettings":
@@ -99,7 +105,7 @@ class KaggleSettings:
 _TYPES = {"owner": str, "slug_prefix": str, "machine_shape": str, "enable_gpu": bool, "code_dataset": str,
           "data_sources": list, "kernel_sources": list, "model_sources": list, "competition_sources": list,
           "sessions": int, "time_budget": (str, int, float), "working_dir": str, "private": bool,
-          "docker_image_pinning_type": str, "keywords": list, "parameters": dict, "runs": dict}
+          "docker_image_pinning_type": str, "keywords": list, "parameters": dict, "pack": int, "runs": dict}
 _NULLABLE = {"owner", "machine_shape", "enable_gpu", "docker_image_pinning_type"}
 
 
@@ -122,6 +128,12 @@ def parse_settings(section: dict, where: str = "kaggle") -> KaggleSettings:
     settings.time_budget = str(settings.time_budget)
     if settings.sessions < 1:
         raise ReproError(f"{where}.sessions should be 1 or more, found {settings.sessions}")
+    if settings.pack < 1:
+        raise ReproError(f"{where}.pack should be 1 or more (runs side by side, one per GPU), found {settings.pack}")
+    if settings.pack > 1 and settings.machine_shape in (None, "NvidiaL4X1"):
+        raise ReproError(f"{where}.pack {settings.pack} puts one run on each GPU, but machine_shape "
+                         f"{settings.machine_shape} has {'none' if settings.machine_shape is None else 'one'}; "
+                         "use NvidiaTeslaT4 (GPU T4 x2) or set pack: 1")
     session_budget_seconds(settings.time_budget, flag=f"{where}.time_budget")
     shape = settings.machine_shape
     if shape is not None and shape not in GPU_SHAPES + TPU_SHAPES:
@@ -129,9 +141,9 @@ def parse_settings(section: dict, where: str = "kaggle") -> KaggleSettings:
     if settings.enable_gpu is None:
         settings.enable_gpu = shape in GPU_SHAPES
     for name, override in settings.runs.items():
-        if not isinstance(override, dict) or "runs" in override:
-            raise ReproError(f"{where}.runs.{name} should be a mapping of kaggle keys (not 'runs'), "
-                             f"found {override!r}")
+        if not isinstance(override, dict) or "runs" in override or "pack" in override:
+            raise ReproError(f"{where}.runs.{name} should be a mapping of kaggle keys (not 'runs' or 'pack', which "
+                             f"apply to the whole plan), found {override!r}")
     return settings
 
 
@@ -159,10 +171,13 @@ print("repro", repro.__version__, "from", os.path.dirname(repro.__file__))
 
 
 def session_cell_source(run: str, session: int, sessions: int, previous: str | None, *,
-                        input_refs: list[str] = (), auto_nproc: bool = False, resume_param: bool = False) -> str:
-    """The cell after the parameters: pre-flight, previous session's output, `kaggle-input:` paths."""
+                        input_refs: list[str] = (), auto_nproc: bool = False, resume_param: bool = False,
+                        members: list[str] | None = None) -> str:
+    """The cell after the parameters: pre-flight, previous session's output (of every member of a cohort run,
+    `members`), `kaggle-input:` paths."""
     lines = [f"# Session {session} of {sessions} of run '{run}' (added by `repro kaggle prepare`).",
-             "from repro.kaggle.inputs import require_previous_session, resolve_input_refs",
+             "from repro.kaggle.inputs import require_previous_cohort, require_previous_session, resolve_input_refs"
+             if members else "from repro.kaggle.inputs import require_previous_session, resolve_input_refs",
              "from repro.kaggle.preflight import format_preflight, preflight",
              "# Refuses a GPU this torch cannot run (e.g. a P100); probes in a child process, so CUDA stays",
              "# uninitialised here for a torchrun launch.",
@@ -170,7 +185,11 @@ def session_cell_source(run: str, session: int, sessions: int, previous: str | N
              "print(format_preflight(_preflight))"]
     if auto_nproc:
         lines.append('nproc = _preflight["world_size"]  # nproc "auto": one process per visible GPU')
-    if session > 1:
+    if session > 1 and members:
+        # Each member's folder receives its history; the engine finds its checkpoints among the inputs.
+        lines.append(f"require_previous_cohort({run!r}, {members!r}, {session}, previous={previous!r}, "
+                     f"out_dir={OUT_DIR_PARAM})")
+    elif session > 1:
         # The notebook's out_dir parameter receives the run's history (config.yaml, metrics.jsonl).
         found = f"require_previous_session({run!r}, {session}, previous={previous!r}, out_dir={OUT_DIR_PARAM})"
         lines.append(f"resume_from = list(resume_from) + [str({found})]" if resume_param else found)
@@ -279,7 +298,8 @@ def bake_notebook(source: Path, dest: Path, parameters: dict[str, Any], *, code_
     setup.metadata["tags"] = [SETUP_TAG]
     check = nbformat.v4.new_code_cell(session_cell_source(
         run, session, sessions, previous, input_refs=[k for k, v in parameters.items() if _has_input_ref(v)],
-        auto_nproc=parameters.get("nproc") == "auto", resume_param="resume_from" in declared))
+        auto_nproc=parameters.get("nproc") == "auto", resume_param="resume_from" in declared,
+        members=cohort_members(parameters["cohort"]) if parameters.get("cohort") is not None else None))
     check.metadata["tags"] = [SESSION_TAG]
     nb.cells.insert(position + 1, check)  # papermill puts any injected parameters between the two
     nb.cells.insert(0, setup)
@@ -291,9 +311,12 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
                  runs: list[str] | None = None) -> list[Path]:
     """Write one kernel folder per run and session under `out` and return them (sessions in push order).
 
-    `owner` overrides the plan's kaggle.owner; `runs` limits the output to those run names. Every kernel's
-    metadata is validated before anything is written. `out/kernels-<plan name>.json` lists the kernels.
+    `owner` overrides the plan's kaggle.owner; `runs` limits the output to those run names (with kaggle.pack, to
+    the packs holding them: runs are grouped in plan order, see `repro.kaggle.packed`). Every kernel's metadata
+    is validated before anything is written. `out/kernels-<plan name>.json` lists the kernels.
     """
+    from .packed import PACKED_NOTEBOOK, pack_groups, pack_label, pack_settings, packed_run_parameters
+
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
     base = parse_settings(plan.kaggle)
     base.owner = owner or base.owner or os.environ.get("KAGGLE_USERNAME")
@@ -309,56 +332,91 @@ def prepare_plan(plan: str | Path | Plan, out: str | Path, *, owner: str | None 
         if missing:
             raise ReproError(f"{label} names {', '.join(missing)}, which are not runs of {plan.path}; "
                              f"it has {', '.join(names)}")
+    plan_dir = Path(plan.path).parent
     jobs, ids = [], {}
-    for run in plan.runs:
-        if runs and run.name not in runs:
+    # A unit is one kernel chain: a run, or (kaggle.pack > 1) a group of runs side by side.
+    for group in pack_groups(plan.runs, base.pack):
+        if runs and not any(run.name in runs for run in group):
             continue
-        settings = base.for_run(run.name)
-        settings.owner = base.owner
-        plan_dir = Path(plan.path).parent
-        source = find_notebook(run.notebook, plan_dir)
-        parameters = _kaggle_parameters(run, settings, plan_dir)
-        declared = check_parameters(source, parameters)
-        try:
-            check_run_config(parameters, declared, plan_dir, deferred=_has_input_ref)
-            check_parameter_types(parameters, declared, source, also_accepted={"nproc": ("auto",)})
-        except ReproError as exc:
-            raise ReproError(f"run '{run.name}' would fail on Kaggle: {exc}") from None
+        checked = []
+        for run in group:
+            settings = base.for_run(run.name)
+            settings.owner = base.owner
+            source = find_notebook(run.notebook, plan_dir)
+            parameters = _kaggle_parameters(run, settings, plan_dir)
+            declared = check_parameters(source, parameters)
+            try:
+                check_run_config(parameters, declared, plan_dir, deferred=_has_input_ref)  # a cohort's members too
+                check_parameter_types(parameters, declared, source, also_accepted={"nproc": ("auto",)})
+                if len(group) > 1:
+                    packed_run_parameters(run.name, parameters)
+            except ReproError as exc:
+                raise ReproError(f"run '{run.name}' would fail on Kaggle: {exc}") from None
+            checked.append((run, settings, source))
+        if len(group) == 1:
+            run, settings, source = checked[0]
+            label, code_file = run.name, source.name
+        else:
+            settings = pack_settings(group, [c[1] for c in checked], base)
+            label, code_file, source = pack_label(group), PACKED_NOTEBOOK, None
         for session in range(1, settings.sessions + 1):
-            meta = kernel_metadata(settings, run.name, session, source.name)
+            meta = kernel_metadata(settings, label, session, code_file)
             problems = validate_kernel_metadata(meta)
             if problems:
-                raise ReproError(f"run '{run.name}' session {session} would get invalid kernel metadata "
+                raise ReproError(f"run '{label}' session {session} would get invalid kernel metadata "
                                  "(fix the plan's kaggle section):\n  - " + "\n  - ".join(problems))
             if meta["id"] in ids:
-                raise ReproError(f"runs '{ids[meta['id']]}' and '{run.name}' both map to kernel {meta['id']}; "
+                raise ReproError(f"runs '{ids[meta['id']]}' and '{label}' both map to kernel {meta['id']}; "
                                  "rename one of them in the plan")
-            ids[meta["id"]] = run.name
-            jobs.append((run, settings, source, session, meta))
+            ids[meta["id"]] = label
+            jobs.append((label, group, settings, source, session, meta))
     from ..paths import ensure_writable_dir
     out = ensure_writable_dir(out, "the kernel folder (--out)")
     written, index = [], []
-    for run, settings, source, session, meta in jobs:
-        folder = out / run.name / f"s{session}"
+    for label, group, settings, source, session, meta in jobs:
+        folder = out / label / f"s{session}"
         folder.mkdir(parents=True, exist_ok=True)
-        bake_notebook(source, folder / source.name, _kaggle_parameters(run, settings, Path(plan.path).parent),
-                      code_dataset_slug=settings.code_dataset.split("/")[-1], run=run.name, session=session,
-                      sessions=settings.sessions, previous=meta["kernel_sources"][-1] if session > 1 else None)
+        previous = meta["kernel_sources"][-1] if session > 1 else None
+        if source is not None:
+            bake_notebook(source, folder / source.name, _kaggle_parameters(group[0], settings, plan_dir),
+                          code_dataset_slug=settings.code_dataset.split("/")[-1], run=label, session=session,
+                          sessions=settings.sessions, previous=previous)
+        else:
+            _write_packed(folder / meta["code_file"], group, settings, base, plan_dir, label=label, session=session,
+                          previous=previous)
         write_metadata(folder, meta, "kernel")
         # What `repro kaggle push` needs to pin the chain: which source is the code, which the previous session.
         code = settings.code_dataset if "/" in settings.code_dataset else f"{settings.owner}/{settings.code_dataset}"
-        (folder / SESSION_FILE).write_text(json.dumps(
-            {"run": run.name, "session": session, "sessions": settings.sessions, "kernel": meta["id"],
-             "code_dataset": code, "previous": meta["kernel_sources"][-1] if session > 1 else None}, indent=2)
-            + "\n")
+        record = {"run": label, "session": session, "sessions": settings.sessions, "kernel": meta["id"],
+                  "code_dataset": code, "previous": previous}
+        if len(group) > 1:
+            record["runs"] = [r.name for r in group]
+        (folder / SESSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
         written.append(folder)
-        index.append({"run": run.name, "session": session, "sessions": settings.sessions, "id": meta["id"],
-                      "folder": str(folder)})
+        index.append({"run": label, "session": session, "sessions": settings.sessions, "id": meta["id"],
+                      "folder": str(folder), **({"runs": record["runs"]} if len(group) > 1 else {})})
         if session == settings.sessions:
             # Session folders left by an earlier prepare with more sessions would chain to nothing.
-            for stale in (out / run.name).glob("s*"):
+            for stale in (out / label).glob("s*"):
                 if stale.name[1:].isdigit() and int(stale.name[1:]) > session \
                         and (stale / KERNEL_METADATA_FILE).is_file():
                     shutil.rmtree(stale)
     (out / f"kernels-{Path(plan.path).stem}.json").write_text(json.dumps(index, indent=2) + "\n")
     return written
+
+
+def _write_packed(dest: Path, group: list[PlanRun], settings: KaggleSettings, base: KaggleSettings, plan_dir: Path,
+                  *, label: str, session: int, previous: str | None) -> None:
+    """The notebook of a packed session: each run's parameters baked into its `runs` entry."""
+    from .packed import packed_notebook, packed_run_parameters
+
+    nbformat, _ = _papermill()
+    runs = []
+    for run in group:
+        params = _kaggle_parameters(run, base.for_run(run.name), plan_dir)
+        params[OUT_DIR_PARAM] = f"{settings.working_dir.rstrip('/')}/{run.name}"
+        runs.append(packed_run_parameters(run.name, params))
+    nb = packed_notebook(runs, settings.time_budget, label=label, session=session, sessions=settings.sessions,
+                         previous=previous, setup_source=install_cell_source(settings.code_dataset.split("/")[-1]),
+                         setup_tag=SETUP_TAG, session_tag=SESSION_TAG)
+    nbformat.write(nb, str(dest))

@@ -169,7 +169,7 @@ def chain_status(paths: Iterable[str | Path]) -> list[dict]:
     """One row per session found under `paths` (run folders or downloaded outputs), grouped by run folder name.
 
     The run folder's name is the plan's run name (out_dir = <working_dir>/<run>), which tells the runs of one
-    preset apart.
+    preset apart; a cohort member (a folder beside the cohort's cohort.yaml) is `<run>/<member>`.
 
     Each row: run, session (resumes + 1), status, stop_reason, steps_done, steps_total, epochs_done,
     epochs_total, top1 (the best top-1 on the validation split so far), test_top1 (the final model on the test
@@ -183,7 +183,8 @@ def chain_status(paths: Iterable[str | Path]) -> list[dict]:
     for d in _summary_dirs(paths):
         s = read_summary(d)
         rows.append({
-            "run": d.name, "session": int(s.get("resumes", 0)) + 1, "status": s.get("status"),
+            "run": f"{d.parent.name}/{d.name}" if (d.parent / "cohort.yaml").is_file() else d.name,
+            "session": int(s.get("resumes", 0)) + 1, "status": s.get("status"),
             "stop_reason": s.get("stop_reason"), "steps_done": s.get("steps_done") or 0,
             "steps_total": s.get("steps_total"), "epochs_done": s.get("epochs_done"),
             "epochs_total": s.get("epochs_total"), "top1": s.get("best_top1", s.get("top1")),
@@ -211,13 +212,14 @@ def format_chain_status(rows: list[dict], budget: str | float = DEFAULT_SESSION_
     """A table of `chain_status` rows plus, per run, whether it is done or how many sessions remain."""
     if not rows:
         return "no summary.json found"
-    lines = [f"{'run':<32} {'sess':>4} {'status':<9} {'steps':>15} {'epochs':>9} {'val1':>6} {'test1':>6} "
+    w = max([32] + [len(r["run"]) for r in rows])
+    lines = [f"{'run':<{w}} {'sess':>4} {'status':<9} {'steps':>15} {'epochs':>9} {'val1':>6} {'test1':>6} "
              f"{'wall':>6} {'from':>8}  {'finished':<16}  where"]
     for r in rows:
         top1 = f"{r['top1']:.2f}" if isinstance(r["top1"], (int, float)) else "-"
         test1 = f"{r.get('test_top1'):.2f}" if isinstance(r.get("test_top1"), (int, float)) else "-"
         start = str(r["resumed_from_step"]) if r["resumed_from_step"] is not None else "-"
-        lines.append(f"{r['run']:<32} {r['session']:>4} {r['status'] or '-':<9} "
+        lines.append(f"{r['run']:<{w}} {r['session']:>4} {r['status'] or '-':<9} "
                      f"{str(r['steps_done']) + '/' + str(r['steps_total']):>15} "
                      f"{str(r['epochs_done']) + '/' + str(r['epochs_total']):>9} {top1:>6} {test1:>6} "
                      f"{_hours_minutes(r['session_wall_s']):>6} {start:>8}  {r['finished']:<16}  "
