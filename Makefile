@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test test-all bench notebooks report clean-venv
+.PHONY: install quickstart test test-all bench device-check notebooks report clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# On a GPU, at most 8 minutes: CUDA tests, GPU benchmarks, kill -9 + resume, CUDA graph, 4-core data pipeline.
+# Where torch is installed already (a GPU image without internet): python benchmarks/device_check.py
+device-check: $(STAMP)
+	$(PY) benchmarks/device_check.py $(ARGS)
 
 report: $(STAMP)
 	$(PY) -m repro report --runs runs --out results

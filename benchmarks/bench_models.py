@@ -156,12 +156,13 @@ def launches_in_code(code: str) -> dict:
 
 def compiled_launches(fn) -> dict:
     """Kernel calls per execution of the graphs torch.compile builds when fn() runs for the first time
-    (forward and backward graphs, summed), and inductor's own count of generated loop kernels.
+    (forward and backward graphs, summed), and inductor's own `generated_kernel_count`.
 
-    On CPU inductor fuses a whole stretch of operators between two extern calls into one C++ function that holds
-    several loop nests, and `torch._inductor.metrics.generated_kernel_count` counts the loop nests; on CUDA each
-    Triton kernel is one loop nest and one launch. The call count is the CPU's launches; the loop-nest count is
-    closer to what CUDA launches for the same graphs."""
+    On CPU inductor fuses a whole stretch of operators between two extern calls into one C++ function holding
+    several loop nests (one call); `torch._inductor.metrics.generated_kernel_count` counts every kernel object
+    the code generator built, which on CPU includes the scalar, vectorised and tail variants of each loop nest,
+    so there it is no launch count. On CUDA one Triton kernel is one loop nest and one launch, and both numbers
+    count launches."""
     from torch._inductor import metrics
     from torch._inductor.utils import run_and_get_code
 
@@ -169,7 +170,7 @@ def compiled_launches(fn) -> dict:
     _, codes = run_and_get_code(fn)
     parts = [launches_in_code(c) for c in codes]
     total = {k: sum(p[k] for p in parts) for k in ('generated', 'extern', 'fallback', 'defined')}
-    total.update(graphs=len(codes), loop_kernels=metrics.generated_kernel_count,
+    total.update(graphs=len(codes), kernel_objects=metrics.generated_kernel_count,
                  launches=total['generated'] + total['extern'] + total['fallback'])
     return total
 
@@ -189,7 +190,8 @@ def profiled_kernels(fn, device: torch.device) -> dict:
         prof.export_chrome_trace(str(path))
         events = json.loads(path.read_text()).get('traceEvents', [])
     cats = collections.Counter(e.get('cat') for e in events if isinstance(e, dict))
-    launch_calls = sum(1 for e in events if isinstance(e, dict) and e.get('cat') == 'cuda_runtime'
+    # cudaLaunchKernel (runtime API, eager kernels) and cuLaunchKernel (driver API, Triton's launcher)
+    launch_calls = sum(1 for e in events if isinstance(e, dict) and e.get('cat') in ('cuda_runtime', 'cuda_driver')
                        and 'Launch' in str(e.get('name', '')))
     return dict(kernels=cats.get('kernel', 0), launch_calls=launch_calls,
                 copies=cats.get('gpu_memcpy', 0) + cats.get('gpu_memset', 0), cpu_ops=cats.get('cpu_op', 0))

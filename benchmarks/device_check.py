@@ -113,21 +113,30 @@ def child_env(extra: dict | None = None) -> dict:
     return {**os.environ, 'PYTHONPATH': path, 'PYTHONUNBUFFERED': '1', **(extra or {})}
 
 
-def run_cmd(cmd: list, log: Path, timeout: float, env: dict | None = None, cpus: set | None = None) -> dict:
-    """Run cmd in its own process group (killed with all its children at `timeout`), output to `log`.
+def run_cmd(cmd: list, log: Path, timeout: float, env: dict | None = None, cpus: set | None = None,
+            own_group: bool = False) -> dict:
+    """Run cmd with its output in `log`, killed at `timeout`.
 
-    Returns {'rc': exit status (None on timeout; negative: killed by that signal), 'seconds', 'tail'}."""
+    `own_group` (a stage): it gets a process group of its own, and everything left in that group (DataLoader
+    workers, torchrun's ranks, pytest's children) is killed when it ends or times out. Commands a stage runs
+    stay in the stage's group, so they never outlive it. Returns {'rc': exit status (None on timeout; negative:
+    killed by that signal), 'seconds', 'tail', 'text'}."""
     start = time.monotonic()
     preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     with open(log, 'w') as out:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env or child_env(), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+                                stderr=subprocess.STDOUT, start_new_session=own_group, preexec_fn=preexec)
         try:
             rc = proc.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
             rc = None
+        if own_group:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     text = log.read_text(errors='replace')
     return {'rc': rc, 'seconds': time.monotonic() - start, 'tail': text[-3000:], 'text': text}
 
@@ -336,9 +345,11 @@ def stage_resume(ctx: Context) -> None:
     det_match = runs.get('deterministic, resumed', {}).get('summary', {}).get('state_digest') == \
         straight.get('state_digest')
     model = 'slak_micro' if quick else 'slak_tiny'
+    env = straight.get('env') or {}
+    where = env.get('gpu') or env.get('device')
     ctx.result['lines'] = [
         f'`{preset}` ({model}, {over[2].split("=")[1]} per batch, 2 epochs = {total} steps, precision '
-        f'{straight.get("precision")}, on {straight.get("env", {}).get("gpu") or straight.get("env", {}).get("device")})'
+        f'{straight.get("precision")}, on {where})'
         f' on a generated CIFAR-100-format set ({root.name}: python pickles, 100 classes). Each run is killed with '
         f'SIGKILL at step {kill_step} (REPRO_CRASH_AT, inside the second epoch; checkpoints every {every} steps) '
         f'and run again with the same command. Straight deterministic run: digest '
@@ -450,7 +461,8 @@ def stage_pipeline(ctx: Context) -> None:
                     f'{ran} |')
         if r['rc'] != 0:
             ctx.result['status'] = 'failed'
-            ctx.result['notes'].append(f'training with data.augment_on={where}: ' + r['tail'][-400:].replace('\n', ' | '))
+            ctx.result['notes'].append(f'training with data.augment_on={where}: '
+                                       + r['tail'][-400:].replace('\n', ' | '))
         ctx.save()
     lines += [f'**Training** (`cifar100-student`, 1 epoch on a generated CIFAR-100-format set, data.num_workers='
               f'{len(cpus)}; images/s from summary.json, first step excluded; data wait: share of the time the loop '
@@ -488,9 +500,10 @@ def headline(stage: str, result: dict) -> str:
             ops = f.get('record', {}).get('ops') or {}
             s = ops.get('slak_tiny_32') or {}
             if s.get('compiled'):
+                gpu = (f'; GPU kernels {s["eager_profiled"]["kernels"]} -> '
+                       f'{s.get("compiled_profiled", {}).get("kernels")}') if 'eager_profiled' in s else ''
                 return (f'SLaK-T 32px: {s["eager"]["total"]} aten ops eager, {s["compiled"]["step"]} kernel calls '
-                        f'compiled' + (f'; GPU kernels {s["eager_profiled"]["kernels"]} -> '
-                                       f'{s.get("compiled_profiled", {}).get("kernels")}' if 'eager_profiled' in s else ''))
+                        f'compiled{gpu}')
             return ''
         if stage == 'resume':
             return next((ln for ln in result.get('lines', []) if ln.startswith('With train.deterministic')), '')
@@ -604,7 +617,7 @@ def main(argv=None) -> int:
         if args.quick:
             cmd.append('--quick')
         env = child_env({'REPRO_STAGE_DEADLINE': str(time.time() + limit - 3)})
-        r = run_cmd(cmd, work / f'{stage}.stage.log', limit, env)
+        r = run_cmd(cmd, work / f'{stage}.stage.log', limit, env, own_group=True)
         try:
             res = json.loads(result_file.read_text())
         except (OSError, ValueError):

@@ -634,7 +634,7 @@ def bench_ops(args, device: torch.device, lines: list, record: dict) -> None:
                 comp_text = (f'{compiled["step"]} ({compiled["generated"]} generated + {compiled["extern"]} extern + '
                              f'{compiled["fallback"]} aten in {compiled["graphs"]} graphs, + {r["outside_graph"]} '
                              f'outside)')
-                loops = str(compiled['loop_kernels'])
+                loops = str(compiled['kernel_objects'])
                 cut = f'{step["total"] / compiled["step"]:.1f}x / {step["compute"] / compiled["step"]:.1f}x'
                 secs = f'{r["compile_s"]:.0f}'
             else:
@@ -688,14 +688,16 @@ def ops_section(args, device: torch.device, rows: list, record: dict) -> list:
         'extern kernels such as convolutions and matrix products, and aten fallbacks in the wrapper\'s `call`, '
         'which runs each line once per step), plus the compute operators outside the graphs (loss statistics, '
         'GradScaler, optimizer, masks, the same as eager). The extern and fallback calls were checked against '
-        'torch.profiler\'s aten events of a compiled step. **Loop kernels**: '
-        '`torch._inductor.metrics.generated_kernel_count`; on CPU one generated C++ function holds several loop '
-        'nests and this counts the nests, on CUDA one Triton kernel is one loop nest and one launch, so it is '
-        'closer to what a GPU launches for the same graphs than the CPU call count.' +
+        'torch.profiler\'s aten events of a compiled step. On CPU one generated C++ function runs a whole stretch '
+        'of fused operators between two extern calls (several loop nests, one call); on CUDA a Triton kernel is one '
+        'loop nest, so the same graphs launch more kernels there than the CPU call count. '
+        '**Kernel objects**: `torch._inductor.metrics.generated_kernel_count`, every kernel the code generator '
+        'built: on CPU the scalar, vectorised and tail variants of each loop nest (no launch count), on CUDA the '
+        'Triton kernels.' +
         (' **GPU kernels**: the kernels the GPU ran in one step, from torch.profiler\'s trace (memcpy/memset '
          'excluded).' if device.type == 'cuda' else ''), '',
         '| model | size | batch | eager aten ops | compute | views | allocations | '
-        f'{low} autocast: ops / compute | compiled: kernel calls per step | loop kernels | eager / compiled (all / '
+        f'{low} autocast: ops / compute | compiled: kernel calls per step | kernel objects | eager / compiled (all / '
         f'compute) | compile s |{cuda_cols}',
         '|---|---|---|---|---|---|---|---|---|---|---|---|' + ('---|---|' if device.type == 'cuda' else ''),
         *rows, '',
@@ -1006,17 +1008,18 @@ def main(argv=None) -> int:
                  'default, picks the fused kernel):', '',
                  '| model | params M | loop ms | foreach ms | fused ms | fused speed-up |', '|---|---|---|---|---|---|',
                  *optim, '']
-    body += [] if not evals else ['**Inference** (eval mode, inference mode; the deploy forms fold BatchNorm and merge branches; the '
-             '"bound" row skips every large-kernel path, which no exact deploy form can beat):', '',
-             '| form | size | batch | images/s | vs training form |', '|---|---|---|---|---|', *evals, '',
-             '**Teacher cost in distillation** (SLaK-T teacher, per batch, next to a step of the paper\'s '
-             'ConvNeXt-T student):', '',
-             '| what | size | batch | ms | vs student step |', '|---|---|---|---|---|', *teach, '',
-             '**Dynamic-sparsity masking** (`benchmarks/bench_sparse.py`, SLaK-T, official recipe, steps in '
-             f'{args.precision}): mask = `DynamicSparsity.step()` without an update; update = one prune-and-regrow, '
-             'spread over its interval.', '',
-             '| size | batch | step ms | mask ms | mask / step | update ms | update amortised |',
-             '|---|---|---|---|---|---|---|', *mask, '']
+    if evals:
+        body += ['**Inference** (eval mode, inference mode; the deploy forms fold BatchNorm and merge '
+                 'branches; the "bound" row skips every large-kernel path, which no exact deploy form can beat):', '',
+                 '| form | size | batch | images/s | vs training form |', '|---|---|---|---|---|', *evals, '',
+                 '**Teacher cost in distillation** (SLaK-T teacher, per batch, next to a step of the paper\'s '
+                 'ConvNeXt-T student):', '',
+                 '| what | size | batch | ms | vs student step |', '|---|---|---|---|---|', *teach, '',
+                 '**Dynamic-sparsity masking** (`benchmarks/bench_sparse.py`, SLaK-T, official recipe, steps in '
+                 f'{args.precision}): mask = `DynamicSparsity.step()` without an update; update = one '
+                 'prune-and-regrow, spread over its interval.', '',
+                 '| size | batch | step ms | mask ms | mask / step | update ms | update amortised |',
+                 '|---|---|---|---|---|---|---|', *mask, '']
     body += extra
     if not args.no_readme:
         write_readme(device.type, '\n'.join(body), readme)

@@ -360,13 +360,12 @@ RESUME_SENSITIVE = ("seed", "model", "data", "train", "sparse", "distill")
 LEGACY_DEFAULTS = {
     "sparse.reset_moments": (True, lambda c: (c.get("sparse.sparsity") or 0) > 0),
     "distill.fd_projector": ("always", lambda c: "fd" in str(c.get("distill.method") or "").split("+")),
-    "data.augment_on": ("cpu", lambda c: True),
 }
 
 RESUME_SAFE_KEYS = {"name", "data.root", "data.num_workers", "data.eval_batch_size", "data.download",
                     "data.robustness_root", "train.keep_checkpoints", "distill.teacher",
                     "train.log_every", "train.tensorboard", "train.compile", "train.deterministic",
-                    "train.teacher_cuda_graph"}
+                    "train.teacher_cuda_graph", "data.augment_on"}
 
 
 def _flatten(d: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:

@@ -300,6 +300,13 @@ def test_shipped_plans_prepare_valid_and_consistent_kernels(tmp_path):
         plan = load_plan(path)
         for run in plan.runs:
             runs.add(run.name)
+            if run.cohort is not None:  # every member's config resolves; the teacher is a run of the plans
+                from repro.train.cohort import load_cohort
+                shared = run.cohort.get("overrides", [])
+                teachers |= {o.split("kaggle-input:")[1] for o in shared if "kaggle-input:" in o}
+                for name, cfg in load_cohort(run.cohort).members:
+                    assert cfg.model.name in list_models(), (path.name, name, cfg.model.name)
+                continue
             overrides = [o.split("kaggle-input:")[0] + str(tmp_path) if "kaggle-input:" in o else o
                          for o in run.parameters.get("overrides", [])]
             teachers |= {o.split("kaggle-input:")[1] for o in run.parameters.get("overrides", [])

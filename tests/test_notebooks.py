@@ -10,7 +10,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from repro import batch, quickstart
+from repro import batch
 from repro.plan import PlanRun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,15 +68,6 @@ def test_papermill_sees_the_documented_parameters(name):
 def test_packaged_copies_match(name):
     assert (PACKAGED / f"{name}.ipynb").read_bytes() == (NOTEBOOKS / f"{name}.ipynb").read_bytes(), \
         "repro/notebooks/ is stale: copy notebooks/*.ipynb into repro/notebooks/"
-
-
-def test_quickstart_runs_use_the_train_notebook(tmp_path):
-    runs = quickstart.quickstart_runs(tmp_path / "qs", device="cpu")
-    assert [(r.name, r.notebook, r.parameters["preset"]) for r in runs] == [
-        ("teacher", "train.ipynb", "quickstart-teacher"), ("student", "train.ipynb", "quickstart-student"),
-        ("student-nkd", "train.ipynb", "quickstart-distill")]
-    assert runs[2].parameters["overrides"] == [f"distill.teacher={tmp_path / 'qs' / 'teacher'}"]
-    assert batch.find_notebook(runs[0].notebook) == NOTEBOOKS / "train.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +134,6 @@ def test_rerun_skips_complete_runs(executed):
     out, _ = executed
     runs = [PlanRun("student", "train.ipynb", {"preset": "quickstart-student", "overrides": TINY, "device": "cpu"})]
     assert batch.run_notebooks(runs, out, progress=False)[0]["status"] == "skipped"
-
-
-@pytest.mark.slow
-def test_quickstart_end_to_end(tmp_path):
-    result = quickstart.run_quickstart(tmp_path / "runs", tmp_path / "results", device="cpu", progress=False)
-    assert [r["status"] for r in result["runs"]] == ["complete"] * 3
-    assert (tmp_path / "results" / "report.md").is_file()
-    assert sorted(p.name for p in (tmp_path / "results" / "notebooks").iterdir()) == [
-        "student-nkd.ipynb", "student.ipynb", "teacher.ipynb"]
 
 
 @pytest.mark.slow

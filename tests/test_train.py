@@ -99,7 +99,7 @@ def test_student_records_the_top1_of_the_teacher_weights_it_used(straight, tmp_p
 
 def test_complete_run_returns_before_loading_anything(straight, monkeypatch):
     """Running a finished run's command again (e.g. one Kaggle session too many) loads no data and builds no
-    model; a changed config still goes the full way (and is refused there)."""
+    model; a changed config is refused from config.yaml, also before any data are loaded."""
     import repro.data
 
     out, s = straight
@@ -108,7 +108,7 @@ def test_complete_run_returns_before_loading_anything(straight, monkeypatch):
         raise AssertionError("data loaded for a complete run")
     monkeypatch.setattr(repro.data, "build_data", no_data)
     assert train(cfg_for(*TEACHER), out, progress=False) == json.loads((out / "summary.json").read_text())
-    with pytest.raises(AssertionError, match="data loaded"):
+    with pytest.raises(ReproError, match="different setup"):
         train(cfg_for(*TEACHER, "train.lr=1e-3"), out, progress=False)
 
 
@@ -157,7 +157,8 @@ def test_device_augmentation_resumes_bit_identically(straight, straight_device, 
     assert train(cfg, out, max_steps=7, progress=False)["status"] == "stopped"
     second = train(cfg_for(*TEACHER, "data.augment_on=device"), out, progress=False)
     assert second["state_digest"] == straight_device[1]["state_digest"]
-    assert second["state_digest"] != straight[1]["state_digest"]  # the two paths draw different numbers
+    # Both paths draw the same parameters and replay Pillow's arithmetic: on CPU the same weights, bit for bit.
+    assert second["state_digest"] == straight[1]["state_digest"]
     assert straight[1]["augment_on"] == "cpu"
 
 

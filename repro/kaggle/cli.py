@@ -120,6 +120,7 @@ def _plan_quota(args) -> int:
     pack = args.pack or max([int((load_plan(p).kaggle or {}).get("pack") or 1) for p in args.plans] + [2])
     result = plan_quota(args.plans, calibration=calibration, anchors=args.anchor or (), teacher_models=teachers,
                         device=args.device, calibration_batch=args.calibration_batch, steps=args.calibration_steps,
+                        costs=args.costs,
                         pack=pack, budget=args.budget, overhead=0.10 if args.overhead is None else args.overhead,
                         session_overhead=args.session_overhead, weekly_hours=args.weekly_hours, seeds=args.seeds)
     if args.save:
@@ -250,6 +251,9 @@ def register(subparsers) -> None:
     g.add_argument("--anchor", action="append", metavar="RUN_DIR|MODEL=IMAGES_PER_S",
                    help="a throughput measured on the target device (a run folder's summary.json, or a model's "
                         "training images/s) that scales the calibrated costs (repeatable)")
+    g.add_argument("--costs", choices=("measured", "flops"), default="measured",
+                   help="per-image costs timed on this device (default), or counted multiply-accumulates (where "
+                        "timing here says little about the target, e.g. a busy CPU; needs --anchor)")
     g.add_argument("--calibration", metavar="FILE", help="reuse the costs of an earlier --save instead of timing")
     g.add_argument("--save", metavar="FILE", help="write the estimate, calibration included, as JSON")
     g.add_argument("--device", help="device to calibrate on (default: cuda when available)")

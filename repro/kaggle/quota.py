@@ -10,20 +10,22 @@ one teacher forward, every member stepped: `repro.train.cohort`). Data loading i
 GPU by the DataLoader workers (a trial's metrics.jsonl shows it as `data_wait`), evaluation and saves as
 `overhead` (10%). A run of E epochs then takes E x images per epoch x cost x (1 + overhead); a chain of
 sessions ceil(hours / session budget) sessions, each charged its start-up (`session_overhead`: install, data,
-final test). Packing N puts N runs (or cohorts) side by side in one session, one per GPU, grouped in plan
-order as `repro kaggle prepare` does: a group lasts as long as its longest run, and Kaggle charges a session's
-wall time whatever its GPU count, so the quota is the groups' time, the GPU-hours the runs' own.
+final test). Packing N puts N runs (or cohorts) side by side in one session, one per GPU, grouped N by N in
+plan order within each plan, as `repro kaggle prepare` does: a group lasts as long as its longest run, and
+Kaggle charges a session's wall time whatever its GPU count, so the quota is the groups' time and the GPU-hours
+the runs' own.
 
-The costs come from `calibrate` (a few timed steps of each model on this machine's device, seconds on a GPU)
-and are scaled to the target by anchors: run folders trained there (their summary.json images_per_s against the
-cost predicted here for the same run) or `MODEL=IMAGES_PER_S` figures, e.g. a trial on a Kaggle T4. Without an
-anchor, every figure is for this device.
+The costs come from `calibrate` (a few timed steps of each model on this machine's device, seconds on a GPU),
+or, where timing here says little about the target (a busy CPU), from `flop_costs` (multiply-accumulates as
+executed: 3 forwards for a training step, 1 for a teacher's deploy-form forward, so every model is taken to
+reach the same FLOP/s). They are scaled to the target by anchors: run folders trained there (their summary.json
+images_per_s against the cost predicted for the same run) or `MODEL=IMAGES_PER_S` figures, e.g. a trial on a
+Kaggle T4. Without an anchor, timed figures are for this device, and multiply-accumulates give none.
 """
 from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ class Job:
     """One run of a plan as the estimate sees it: its members (a single run is a cohort of one)."""
 
     name: str
-    students: list[tuple[str, str]]  # (member name, student model)
+    students: list[tuple[str, str, bool]]  # (member name, student model, whether it distils)
     teacher: str | None  # the teacher's model, None without distillation
     epochs: int
     images_per_epoch: int
@@ -49,16 +51,18 @@ class Job:
     img_size: int
     num_classes: int
     cohort: bool = False
+    plan: str = ""  # the plan it comes from: packing groups the runs of one plan, as `repro kaggle prepare` does
 
     def cost_per_image(self, costs: dict) -> float:
         """Seconds per training image of the whole job (all members), from the calibrated costs."""
-        teacher = costs["forward"][self.teacher] if self.teacher else 0.0
-        return teacher + sum(costs["train"][model] for _, model in self.students)
+        distils = self.teacher and any(d for _, _, d in self.students)
+        teacher = costs["forward"][self.teacher] if distils else 0.0  # one forward for the whole cohort
+        return teacher + sum(costs["train"][model] for _, model, _ in self.students)
 
     def singles(self) -> list["Job"]:
-        """The job's members, each as a run of its own."""
-        return [Job(name, [(name, model)], self.teacher, self.epochs, self.images_per_epoch, self.batch,
-                    self.img_size, self.num_classes) for name, model in self.students]
+        """The job's members, each as a run of its own (one trained alone runs no teacher)."""
+        return [Job(name, [(name, model, d)], self.teacher if d else None, self.epochs, self.images_per_epoch,
+                    self.batch, self.img_size, self.num_classes, plan=self.plan) for name, model, d in self.students]
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -86,17 +90,19 @@ def plan_jobs(plan_path: str | Path, teacher_models: dict[str, str] | None = Non
         else:
             continue
         cfg = members[0][1]
-        teacher = None
-        if cfg.distill.method:
-            teacher = _teacher_model(cfg, Path(plan.path), teacher_models or {})
+        # A cohort runs its teacher when any member distils (all members share distill.teacher).
+        distiller = next((c for _, c in members if c.distill.method), None)
+        teacher = _teacher_model(distiller, Path(plan.path), teacher_models or {}) if distiller else None
         full = _full_epoch_images(asdict(cfg.data))
         images = min(cfg.data.train_limit, full or cfg.data.train_limit) if cfg.data.train_limit else full
         if not images:
             raise ReproError(f"run '{run.name}': data.name={cfg.data.name} has no known size; set data.train_limit "
                              "to its training images to estimate it")
-        jobs.append(Job(run.name, [(name, c.model.name) for name, c in members], teacher, cfg.train.epochs,
+        jobs.append(Job(run.name, [(name, c.model.name, bool(c.distill.method)) for name, c in members], teacher,
+                        cfg.train.epochs,
                         int(images), cfg.train.batch_size * cfg.train.accum_steps, cfg.data.img_size,
-                        cfg.model.num_classes or _classes(cfg.data.name), cohort=run.cohort is not None))
+                        cfg.model.num_classes or _classes(cfg.data.name), cohort=run.cohort is not None,
+                        plan=str(plan.path)))
     return jobs
 
 
@@ -160,7 +166,7 @@ def calibrate(students: Iterable[str], teachers: Iterable[str], *, batch: int, i
 
     def timed(step) -> float:
         step()  # allocation, cuDNN autotuning, lazy initialisation
-        times = []
+        times = []  # the fastest step: other processes' load only ever adds time
         for _ in range(max(1, steps)):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
@@ -169,7 +175,7 @@ def calibrate(students: Iterable[str], teachers: Iterable[str], *, batch: int, i
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             times.append(time.perf_counter() - t0)
-        return statistics.median(times) / batch
+        return min(times) / batch
 
     train, forward = {}, {}
     for name in dict.fromkeys(students):
@@ -197,8 +203,23 @@ def calibrate(students: Iterable[str], teachers: Iterable[str], *, batch: int, i
         del teacher
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return {"device": where, "precision": prec, "batch": batch, "img_size": img_size, "steps": steps,
+    return {"device": where, "precision": prec, "batch": batch, "img_size": img_size, "steps": steps, "unit": "s",
             "train": train, "forward": forward}
+
+
+def flop_costs(students: Iterable[str], teachers: Iterable[str], *, img_size: int, num_classes: int) -> dict:
+    """Per-image costs in multiply-accumulates as executed (`repro.models.count_flops`): a training step counts
+    3 forwards (the backward 2), a teacher forward 1, in its deploy form. A time scale needs an anchor."""
+    from ..models import count_flops, create_model, reparameterize
+
+    def macs(name: str, deploy: bool) -> float:
+        model = create_model(name, num_classes=num_classes, img_size=img_size).eval()
+        return count_flops(reparameterize(model) if deploy else model, img_size, as_executed=True)["dense"]
+
+    return {"device": "multiply-accumulates (repro.models.count_flops, as executed)", "precision": "-",
+            "batch": None, "img_size": img_size, "steps": None, "unit": "MAC",
+            "train": {n: 3 * macs(n, False) for n in dict.fromkeys(students)},
+            "forward": {n: macs(n, True) for n in dict.fromkeys(teachers)}}
 
 
 # --------------------------------------------------------------------------------------------- anchors
@@ -282,7 +303,8 @@ def estimate(jobs: list[Job], costs: dict, *, scale: float = 1.0, pack: int = 2,
     from ..train.budget import parse_duration
 
     budget_h = session_budget_seconds(budget) / 3600
-    start_h = (parse_duration(session_overhead, flag="--session-overhead") or 0.0) / 3600
+    zero = str(session_overhead).strip().rstrip("hms") in ("0", "0.0")
+    start_h = 0.0 if zero else parse_duration(session_overhead, flag="--session-overhead") / 3600
     if overhead < 0 or seeds < 1 or weekly_hours <= 0:
         raise ReproError(f"overhead must be >= 0, seeds >= 1 and the weekly quota > 0 (found {overhead}, {seeds}, "
                          f"{weekly_hours})")
@@ -292,7 +314,12 @@ def estimate(jobs: list[Job], costs: dict, *, scale: float = 1.0, pack: int = 2,
     for sc in scenarios:
         units = [j for _ in range(seeds) for job in jobs for j in ([job] if sc.cohorts else job.singles())]
         hours = [job_hours(j, costs, scale, overhead) for j in units]
-        groups = [list(range(i, min(i + sc.pack, len(units)))) for i in range(0, len(units), sc.pack)]
+        groups: list[list[int]] = []
+        for i, unit in enumerate(units):  # `pack` at a time, in plan order, never across plans
+            if groups and len(groups[-1]) < sc.pack and units[groups[-1][0]].plan == unit.plan:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
         sc.chains = len(groups)
         sc.gpu_hours = sum(hours)
         for g in groups:
@@ -313,23 +340,33 @@ def job_hours(job: Job, costs: dict, scale: float, overhead: float) -> float:
 
 
 def plan_quota(plans: list[str | Path], *, calibration: dict | None = None, anchors: Iterable[str] = (),
-               teacher_models: dict[str, str] | None = None, device: str | None = None, calibration_batch: int | None = None,
-               steps: int = 2, **kwargs: Any) -> dict:
-    """Jobs, calibrated costs, scale and scenarios for `plans` (together); see `estimate` for the keywords."""
+               teacher_models: dict[str, str] | None = None, device: str | None = None,
+               calibration_batch: int | None = None, steps: int = 2, costs: str = "measured",
+               **kwargs: Any) -> dict:
+    """Jobs, per-image costs (timed here, `costs="measured"`, or multiply-accumulates, "flops"), scale and scenarios
+    for `plans` (together); see `estimate` for the keywords."""
     jobs = [j for p in plans for j in plan_jobs(p, teacher_models)]
     if not jobs:
         raise ReproError("the plans list no training runs; nothing to estimate")
     anchor_list = [parse_anchor(a, teacher_models) for a in anchors]
-    students = [m for j in jobs for _, m in j.students] + [a.model for a in anchor_list]
+    students = [m for j in jobs for _, m, _ in j.students] + [a.model for a in anchor_list]
     teachers = [j.teacher for j in jobs if j.teacher] + [a.teacher for a in anchor_list if a.teacher]
     shapes = {(j.batch, j.img_size) for j in jobs}
     if len(shapes) > 1:
         raise ReproError(f"the plans train at several batch sizes or image sizes {sorted(shapes)}; estimate them one "
                          "plan (one shape) at a time")
     batch, img_size = shapes.pop()
-    if calibration is None:
+    if costs not in ("measured", "flops"):
+        raise ReproError(f"costs are 'measured' (timed on this device) or 'flops' (multiply-accumulates), found "
+                         f"{costs!r}")
+    if calibration is None and costs == "flops":
+        calibration = flop_costs(students, teachers, img_size=img_size, num_classes=jobs[0].num_classes)
+    elif calibration is None:
         calibration = calibrate(students, teachers, batch=calibration_batch or batch, img_size=img_size,
                                 num_classes=jobs[0].num_classes, device=device, steps=steps)
+    if calibration.get("unit") == "MAC" and not anchor_list:
+        raise ReproError("costs in multiply-accumulates give no hours without a measured throughput: pass --anchor "
+                         "RUN_DIR (a run folder trained on the target) or --anchor MODEL=IMAGES_PER_S")
     missing = sorted(set(students) - set(calibration["train"])) + sorted(set(teachers) - set(calibration["forward"]))
     if missing:
         raise ReproError(f"the calibration has no cost for {', '.join(missing)}; calibrate again (without "
@@ -350,13 +387,20 @@ def format_quota(result: dict) -> str:
     s = result["settings"]
     lines = [f"plans: {', '.join(result['plans'])}",
              f"runs: {len(jobs)} ({cohorts} cohorts; {members} trained models in all)"
-             + (f", x {s.get('seeds', 1)} seeds" if s.get("seeds", 1) > 1 else ""),
-             f"measured: per-image costs on {cal['device']} ({cal['precision']}, batch {cal['batch']}, "
-             f"{cal['img_size']}x{cal['img_size']}, median of {cal.get('steps', '?')} steps):",
-             "  train step  " + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in cal["train"].items()),
-             "  teacher fwd " + (", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in cal["forward"].items()) or "-")]
+             + (f", x {s.get('seeds', 1)} seeds" if s.get("seeds", 1) > 1 else "")]
+    if cal.get("unit") == "MAC":
+        lines.append(f"counted, not timed: per-image costs in {cal['device']} at {cal['img_size']}x{cal['img_size']} "
+                     "(training step = 3 forwards, teacher = 1 deploy-form forward):")
+        value = lambda v: f"{v / 1e9:.3g} GMAC"  # noqa: E731
+    else:
+        lines.append(f"measured: per-image costs on {cal['device']} ({cal['precision']}, batch {cal['batch']}, "
+                     f"{cal['img_size']}x{cal['img_size']}, fastest of {cal.get('steps', '?')} steps):")
+        value = lambda v: f"{v * 1e3:.3g} ms"  # noqa: E731
+    lines += ["  train step  " + ", ".join(f"{k} {value(v)}" for k, v in cal["train"].items()),
+              "  teacher fwd " + (", ".join(f"{k} {value(v)}" for k, v in cal["forward"].items()) or "-")]
     if result["anchors"]:
-        lines.append(f"scaled to the target by x{result['scale']:.4g} (measured / predicted) from: "
+        unit = "seconds per MAC" if cal.get("unit") == "MAC" else "measured / predicted"
+        lines.append(f"scaled to the target by {result['scale']:.4g} ({unit}) from the measured throughput of: "
                      + "; ".join(a["source"] + (f", on {a['measured_on']}" if a.get("measured_on") else "")
                                  for a in result["anchors"]))
     else:

@@ -9,7 +9,7 @@ import pandas as pd
 from ..errors import ReproError
 from .erf import erf_heatmaps, erf_markdown, erf_table, stale_erf_runs
 from .robustness import robustness_markdown, robustness_table, stale_robustness_runs
-from .figures import teacher_student_bars, training_curves
+from .figures import gain_bars, teacher_student_bars, training_curves
 from .published import load_published
 from .runs import Run, drop_duplicates, load_runs
 from .tables import (BASES, distillation_grid, distillation_grid_markdown, paper_vs_reproduction,
@@ -24,7 +24,7 @@ _BASIS_TEXT = {
             "run's evaluation split",
 }
 
-_FIGURE_PATTERNS = ("curves-*.png", "teacher_student-*.png", "erf-*.png")
+_FIGURE_PATTERNS = ("curves-*.png", "teacher_student-*.png", "gains-*.png", "erf-*.png")
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
@@ -41,14 +41,15 @@ def _slug(text: str) -> str:
 
 
 def build_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *, title: str | None = None,
-                 basis: str = "last", published: pd.DataFrame | None = None) -> dict[str, Path]:
+                 basis: str = "last", published: pd.DataFrame | None = None, gains: bool = False) -> dict[str, Path]:
     """Regenerate every table and figure from the run folders at or below `run_dirs`; returns the written paths.
 
     Writes out_dir/report.md, out_dir/tables/{runs,paper_vs_reproduction,distillation_grid}.{md,csv} and
     out_dir/figures/{curves,teacher_student}-<dataset>.png, and, when runs hold an erf.json (`repro erf`),
     tables/erf.{md,csv} and figures/erf-<dataset>.png; tables/robustness.{md,csv} when runs hold a
     robustness.json (`repro eval --robustness`) or their dataset has published robustness numbers. `published`
-    replaces the shipped published numbers (a table as returned by `load_published`).
+    replaces the shipped published numbers (a table as returned by `load_published`). With `gains`, also
+    figures/gains-<dataset>.png: Direct and Effective Gain per distillation row with their spread over seeds.
     """
     if basis not in BASES:
         raise ReproError(f"unknown basis '{basis}'; expected one of {', '.join(BASES)}")
@@ -106,6 +107,11 @@ def build_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *, title: 
         if path:
             written[f"teacher_student_{slug}"] = path
             figures.append((f"Teacher vs student, {dataset}", path))
+        path = gain_bars(grid[grid["dataset"] == dataset], figures_dir / f"gains-{slug}.png",
+                         title=f"Distillation gains: {dataset}") if gains else None
+        if path:
+            written[f"gains_{slug}"] = path
+            figures.append((f"Direct and Effective Gain, {dataset}", path))
         path = erf_heatmaps(by_dataset[dataset], dataset, figures_dir / f"erf-{slug}.png",
                             title=f"Effective receptive fields: {dataset}") if "erf" in markdown else None
         if path:

@@ -1,4 +1,4 @@
-"""Figures (PNG) from run folders: training curves from metrics.jsonl and teacher-vs-student bars.
+"""Figures (PNG) from run folders: training curves from metrics.jsonl, teacher-vs-student bars and gains.
 
 Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never through pyplot, so that
 building a report changes no global matplotlib state (a notebook's inline backend keeps working).
@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .labels import is_missing, method_label, model_label
+from .labels import fmt_gain, is_missing, method_label, model_label
 from .runs import Run
 
 _CURVES = (("train_loss", "training loss"), ("top1", "top-1 (%)"), ("lr", "learning rate"))
@@ -154,4 +154,59 @@ def teacher_student_figure(grid: pd.DataFrame, title: str | None = None) -> Figu
     ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def gain_bars(grid: pd.DataFrame, path: str | Path, title: str | None = None) -> Path | None:
+    """Direct Gain and Effective Gain per grid row (one bar per teacher and method) with ± their standard
+    deviation as error bars, on axes that span the gains and zero; None without a complete row that has a gain."""
+    fig = gains_figure(grid, title)
+    return None if fig is None else _save(fig, Path(path))
+
+
+def gains_figure(grid: pd.DataFrame, title: str | None = None) -> Figure | None:
+    """The figure of `gain_bars` (None without a complete row that has a Direct Gain)."""
+    grid = grid[(grid["status"] == "complete") & grid["direct_gain"].map(lambda v: not is_missing(v))]
+    if grid.empty:
+        return None
+    # The student is named only where rows have several, the recipe only where it tells rows apart.
+    several_students = grid["student"].nunique() > 1
+    labels = []
+    for r in grid.itertuples():
+        text = (f"{r.student}\n" if several_students else "") + f"← {r.teacher}\n{method_label(r.method)}"
+        if not is_missing(r.teacher_top1):
+            text += f", teacher {r.teacher_top1:.1f}%"
+        labels.append(text + (f"\n{r.recipe}" if r.recipe else ""))
+    panels = (("direct_gain", "direct_gain_std", "Direct Gain (top-1 points)", 2),
+              ("effective_gain", "effective_gain_std", "Effective Gain (Direct Gain / teacher top-1)", 4))
+    fig = Figure(figsize=(max(7.0, 2.6 * len(grid) + 2.0), 4.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    xs = list(range(len(grid)))
+    for ax, (col, err, name, digits) in zip(axes, panels):
+        ys = [float("nan") if is_missing(v) else float(v) for v in grid[col]]
+        errs = [0.0 if is_missing(v) else float(v) for v in grid[err]]
+        ax.bar(xs, ys, 0.6, yerr=errs, capsize=4, color=[f"C{i % 10}" for i in xs])
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        # The axis spans the gains, their error bars and zero, so that differences of a fraction of a point
+        # show (a 0-100 axis would flatten them); each bar says its value, spread and run counts.
+        lows = [y - e for y, e in zip(ys, errs) if y == y] + [0.0]
+        highs = [y + e for y, e in zip(ys, errs) if y == y] + [0.0]
+        pad = 0.25 * max(max(highs) - min(lows), 10.0 ** -digits)
+        ax.set_ylim(min(lows) - pad, max(highs) + pad)
+        for x, y, e, r in zip(xs, ys, errs, grid.itertuples()):
+            if y != y:
+                continue
+            text = fmt_gain(y, getattr(r, err), digits) + f"\nn={r.n}, alone n={r.alone_n}"
+            ax.annotate(text, (x, y + e if y >= 0 else y - e), xytext=(0, 3 if y >= 0 else -3),
+                        textcoords="offset points", ha="center", va="bottom" if y >= 0 else "top", fontsize=7)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, fontsize=7)
+        if not several_students:
+            ax.set_xlabel(f"teacher (student: {grid['student'].iloc[0]})", fontsize=8)
+        ax.set_ylabel(name, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    spread = grid["direct_gain_std"].map(lambda v: not is_missing(v)).any()
+    note = ("error bars: ± one standard deviation of the gain over seeds" if spread
+            else "no error bars: a spread needs two runs on one side")
+    fig.suptitle(f"{title}\n{note}" if title else note, fontsize=10)
     return fig

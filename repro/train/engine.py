@@ -188,7 +188,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         hardware.configure_kernels(self.device, cfg.train.deterministic)
         from ..data import resolve_augment_on
-        # Resolved into the config (as num_classes is): the two paths draw different numbers, so a run keeps its own.
+        # Resolved into the config (as num_classes is), so config.yaml says which path the run used.
         cfg.data.augment_on = resolve_augment_on(cfg.data, self.device)
         check_resume_config(self.out, cfg, force)  # a wrong --out fails before data loading and SNIP
         # One process per run folder, taken before anything is written (under torchrun, by rank 0 for all).
