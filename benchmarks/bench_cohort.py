@@ -11,10 +11,11 @@ the wall time of `train_cohort` for the members against the sum of `train` of ea
 (`repro.data.synthetic.write_fake_cifar`, random 32x32 images), the CIFAR recipe (`cifar100-distill`:
 RandAugment, random erasing, mixup/cutmix, label smoothing; DataLoader in the main process, so its cost is
 counted), a few dozen steps of one epoch. Members: KD, NKD and FD from the teacher (3), and the same for two
-student models (6). Rounds alternate single runs and cohort (so load from other processes hits both), and the
+students (6), chosen with the study's cost ratios (see MODELS). Rounds alternate single runs and cohort (so load from other processes hits both), and the
 median round is reported. Peak memory of the 6-member cohort against its largest member trained alone: on CPU
-the peak resident set of a child process doing each (resource.getrusage; Python's tracemalloc does not see
-torch's allocations), on CUDA torch.cuda.max_memory_reserved. Nothing is asserted.
+the peak resident set of a child process doing each (VmHWM, reset once the imports are done; getrusage's
+maxrss where /proc is missing; Python's tracemalloc does not see torch's allocations), on CUDA
+torch.cuda.max_memory_reserved. Nothing is asserted.
 """
 import argparse
 import contextlib
@@ -43,17 +44,23 @@ from repro.train import train  # noqa: E402
 from repro.train.cohort import train_cohort  # noqa: E402
 
 README = ROOT / "benchmarks" / "README.md"
-# (teacher, the two students) per device: tiny CIFAR-size stand-ins on CPU, the study's models on CUDA.
-MODELS = {"cpu": ("slak_micro", "l2s_convnext_micro", "convnext_atto"),
-          "cuda": ("slak_tiny", "l2s_convnext_tiny", "resnet50")}
+# Per device: the teacher, and the two students as (name, model, overrides). The study's two students (the
+# ConvNeXt-T form, 0.27 GMAC a training step at 32x32, and ResNet-50, 0.25) cost about the same, and its SLaK-T
+# teacher's forward about 0.57 of one student step; on CPU the stand-ins keep those ratios: two tiny students
+# of the paper's form (2.7 MMAC a step), with and without drop path as in the study, and a tiny SLaK (1.6 MMAC
+# a forward). `--second-student MODEL` times another mix.
+MODELS = {"cpu": ("slak_micro", [("l2s-micro", "l2s_convnext_micro", ["model.drop_path_rate=0.1"]),
+                                 ("l2s-micro-nodp", "l2s_convnext_micro", ["model.drop_path_rate=0.0"])]),
+          "cuda": ("slak_tiny", [("l2s-convnext-tiny", "l2s_convnext_tiny", ["model.drop_path_rate=0.1"]),
+                                 ("resnet50", "resnet50", ["model.drop_path_rate=0.0"])])}
 METHODS = ("kd", "nkd", "fd")
 TARGETS = {3: 0.8, 6: 0.7}
 MIB = 2 ** 20
 
 
-def setup(work: Path, device: str, batch: int, steps: int) -> tuple[list[str], dict]:
+def setup(work: Path, device: str, batch: int, steps: int, students: list) -> tuple[list[str], dict]:
     """The generated data, a teacher run, and the shared overrides and members of the two cohorts."""
-    teacher_model, first, second = MODELS[device]
+    teacher_model = MODELS[device][0]
     per_class = max(2, -(-steps * batch * 10 // 9 // 100))  # 10% is held out for validation
     write_fake_cifar(work / "data", num_classes=100, train_per_class=per_class, test_per_class=1)
     data = [f"data.root={work / 'data'}", "data.num_workers=0", f"data.train_limit={steps * batch}"]
@@ -64,9 +71,8 @@ def setup(work: Path, device: str, batch: int, steps: int) -> tuple[list[str], d
             teacher, device=device, progress=False)
     shared = data + ["train.epochs=1", f"train.batch_size={batch}", f"distill.teacher={teacher}",
                      "train.eval_every=1"]
-    members = {n: [{"name": f"{s}-{m}", "overrides": [f"model.name={s}", f"distill.method={m}"]
-                    + (["model.drop_path_rate=0.0"] if s == "resnet50" else [])}
-                   for s in ((first,) if n == 3 else (first, second)) for m in METHODS] for n in (3, 6)}
+    members = {n: [{"name": f"{label}-{m}", "overrides": [f"model.name={model}", *extra, f"distill.method={m}"]}
+                   for label, model, extra in students[:1 if n == 3 else 2] for m in METHODS] for n in (3, 6)}
     return shared, members
 
 
@@ -117,7 +123,11 @@ def child(args) -> None:
     spec = json.loads(Path(args.spec).read_text())
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux: the imported runtime
+    # The imported runtime (torch with its CUDA libraries) already holds about a GiB resident: reset the peak
+    # (Linux: "5" to clear_refs resets VmHWM) so that the peak is the training's, and report the growth too.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    start = _status_mib("VmRSS")
     if args.child == "cohort":
         train_cohort(spec, args.out, device=args.device, progress=False)
     else:
@@ -129,8 +139,17 @@ def child(args) -> None:
     if args.device == "cuda":
         peak, start = torch.cuda.max_memory_reserved() / MIB, 0.0
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _status_mib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_mib": peak, "growth_mib": peak - start}))
+
+
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (Linux), in MiB; 0 where there is none."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main() -> None:
@@ -140,6 +159,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24, help="optimizer steps per run (default 24)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (default 2)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--members", type=int, nargs="+", default=[3, 6], choices=(3, 6),
+                        help="cohort sizes to time (default: 3 6)")
+    parser.add_argument("--second-student", metavar="MODEL",
+                        help="the second student of the 6-member cohort (default: the device's, see MODELS)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory children")
     parser.add_argument("--readme", action="store_true", help="write the results into benchmarks/README.md")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
@@ -160,8 +183,12 @@ def main() -> None:
     figures = {"device": args.device, "batch": batch, "steps": args.steps, "rounds": args.rounds, "cohorts": {}}
     with tempfile.TemporaryDirectory(prefix="bench-cohort-") as tmp:
         work = Path(tmp)
-        shared, members = setup(work, args.device, batch, args.steps)
-        for n in (3, 6):
+        students = list(MODELS[args.device][1])
+        if args.second_student:
+            students[1] = (args.second_student, args.second_student, [])
+        figures["students"] = [f"{model} ({', '.join(extra) or 'preset'})" for _, model, extra in students]
+        shared, members = setup(work, args.device, batch, args.steps, students)
+        for n in args.members:
             spec = cohort_spec(shared, members[n])
             singles, cohorts = [], []
             for r in range(args.rounds):
@@ -196,13 +223,14 @@ def main() -> None:
 def report(f: dict, load_before: float) -> str:
     """The results block for benchmarks/README.md."""
     device = f["device"]
-    teacher, first, second = MODELS[device]
+    teacher = MODELS[device][0]
+    first, second = f["students"]
     where = (torch.cuda.get_device_name() if device == "cuda" else
              f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch thread(s)")
     lines = [f"### {'CUDA' if device == 'cuda' else 'CPU'}", "",
              f"Written by `python benchmarks/bench_cohort.py{' --device cuda' if device == 'cuda' else ''} --readme` "
              f"on {datetime.datetime.now():%Y-%m-%d %H:%M}; {where}, torch {torch.__version__}; teacher "
-             f"`{teacher}`, students `{first}` (3 members) and `{first}` + `{second}` (6), x KD/NKD/FD; "
+             f"`{teacher}`, students {first} (3 members) and {first} + {second} (6), x KD/NKD/FD; "
              f"{f['steps']} steps of batch {f['batch']}, one epoch with its evaluations; {f['rounds']} rounds "
              f"alternating, median. Load average before the run: {load_before:.2f}.", "",
              "| members | single runs, one after another | one cohort | cohort / single runs | target |",
@@ -217,9 +245,10 @@ def report(f: dict, load_before: float) -> str:
                           f"{c['peak_mib']:.0f} MiB, its largest member trained alone {s['peak_mib']:.0f} MiB "
                           f"({c['peak_mib'] / s['peak_mib']:.2f}x)."]
         else:
-            lines += ["", f"Peak resident set of a child process (getrusage): the 6-member cohort {c['peak_mib']:.0f} "
-                          f"MiB, its largest member trained alone {s['peak_mib']:.0f} MiB; above the child's "
-                          f"imported runtime, {c['growth_mib']:.0f} MiB against {s['growth_mib']:.0f} MiB."]
+            lines += ["", f"Peak resident set of a child process during training (VmHWM, reset after the imports): "
+                          f"the 6-member cohort {c['peak_mib']:.0f} MiB, its largest member trained alone "
+                          f"{s['peak_mib']:.0f} MiB; above the resident set before training, {c['growth_mib']:.0f} "
+                          f"MiB against {s['growth_mib']:.0f} MiB."]
     return "\n".join(lines)
 
 

@@ -163,14 +163,18 @@ def compiled_launches(fn) -> dict:
     the code generator built, which on CPU includes the scalar, vectorised and tail variants of each loop nest,
     so there it is no launch count. On CUDA one Triton kernel is one loop nest and one launch, and both numbers
     count launches."""
+    from torch._dynamo.utils import counters
     from torch._inductor import metrics
     from torch._inductor.utils import run_and_get_code
 
     metrics.reset()
+    hits = counters['inductor']['fxgraph_cache_hit']
     _, codes = run_and_get_code(fn)
     parts = [launches_in_code(c) for c in codes]
     total = {k: sum(p[k] for p in parts) for k in ('generated', 'extern', 'fallback', 'defined')}
+    # A graph found in inductor's on-disk cache loads in seconds; a cold compile of SLaK-T takes minutes on a CPU.
     total.update(graphs=len(codes), kernel_objects=metrics.generated_kernel_count,
+                 cache_hits=counters['inductor']['fxgraph_cache_hit'] - hits,
                  launches=total['generated'] + total['extern'] + total['fallback'])
     return total
 

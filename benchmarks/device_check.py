@@ -204,6 +204,14 @@ def stage_slow_tests(ctx: Context) -> None:
     _pytest(ctx, 'slow')
 
 
+def _rel(path: Path) -> str:
+    """`path` relative to the source tree when it lies inside it (shorter commands in the README)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def read_block(path: Path, key: str) -> str | None:
     """The body of the marked block `key` of a results file, or None."""
     if not path.is_file():
@@ -216,8 +224,8 @@ def read_block(path: Path, key: str) -> str | None:
 
 
 def _demote(block: str) -> list[str]:
-    """A run_all block inside this section: its '### ' heading becomes '#### '."""
-    return [('#' + line) if line.startswith('### ') else line for line in block.splitlines()]
+    """A run_all block inside this section: its '### ' heading becomes '##### ' (under the stage's '#### ')."""
+    return [('##' + line) if line.startswith('### ') else line for line in block.splitlines()]
 
 
 def _run_all(ctx: Context, args: list, keys: list[str]) -> dict:
@@ -225,9 +233,12 @@ def _run_all(ctx: Context, args: list, keys: list[str]) -> dict:
     readme, record = ctx.work / f'{ctx.stage}.md', ctx.work / f'{ctx.stage}-record.json'
     for p in (readme, record):
         p.unlink(missing_ok=True)
-    cmd = [sys.executable, ROOT / 'benchmarks' / 'run_all.py', *args, '--readme', readme, '--json', record]
+    cmd = [sys.executable, 'benchmarks/run_all.py', *args, '--readme', _rel(readme), '--json', _rel(record)]
     r = run_cmd(cmd, ctx.work / f'{ctx.stage}.log', ctx.left() - 2)
-    data = json.loads(record.read_text()) if record.is_file() else {}
+    try:
+        data = json.loads(record.read_text()) if record.is_file() else {}
+    except ValueError:  # cut off while being written
+        data = {}
     ctx.result['figures'] = dict(rc=r['rc'], seconds=r['seconds'], record=data)
     blocks = [read_block(readme, k) for k in keys]
     for b in blocks:
@@ -400,7 +411,8 @@ def stage_teacher_graph(ctx: Context) -> None:
     ctx.result['figures'] = dict(model=name, batch=batch, precision=precision, max_abs_diff=diffs,
                                  eager_ms=eager_ms, graph_ms=graph_ms)
     ctx.result['lines'] = [
-        f'Teacher `{name}` (deploy form, inference mode, {precision or "fp32"} autocast), batch {batch} at 32x32'
+        f'Teacher `{name}` (deploy form, inference mode, {precision + " autocast" if precision else "fp32"}), '
+        f'batch {batch} at 32x32'
         + ('' if cuda else ' (CPU dry run: no CUDA graph, the eager Teacher compared with itself)') + ':', '',
         '| input | max abs diff, logits | max abs diff, feature map |', '|---|---|---|',
         *[f'| {k} | {v[0]:.3g} | {v[1]:.3g} |' for k, v in diffs.items()], '',
@@ -423,9 +435,11 @@ def stage_pipeline(ctx: Context) -> None:
         cmd = [sys.executable, bench, '--device', 'cuda' if cuda else 'cpu', '--workers', '0', '2', '4']
         cmd += ['--images', '256', '--rounds', '1'] if quick else ['--images', '2048', '--rounds', '3']
         r = run_cmd(cmd, ctx.work / 'pipeline-augment.log', min(ctx.left() / 2, 120), cpus=cpus)
-        table = [ln for ln in r['text'].splitlines() if ln.startswith('|') or ln.startswith('Device path')]
-        figures['bench_augment'] = dict(rc=r['rc'], seconds=r['seconds'], table=table)
-        lines += ['**`benchmarks/bench_augment.py`** (' + ' '.join(str(c) for c in cmd[2:]) + '):', '', *table, '']
+        table = [ln for ln in r['text'].splitlines() if ln.startswith('|')]
+        said = [ln for ln in r['text'].splitlines() if ln.startswith('Device path')]
+        figures['bench_augment'] = dict(rc=r['rc'], seconds=r['seconds'], table=table, headline=said)
+        lines += ['**`benchmarks/bench_augment.py`** (' + ' '.join(str(c) for c in cmd[2:]) + '):', '',
+                  *[x for ln in said for x in (ln, '')], *table, '']
         if r['rc'] != 0:
             ctx.result['status'] = 'failed'
             ctx.result['notes'].append('bench_augment.py: ' + r['tail'][-400:].replace('\n', ' | '))
@@ -548,8 +562,10 @@ def render(gpu: str, started: str, command: str, results: dict, total_s: float, 
         details += (r.get('lines') or ['(no figures)']) + ['']
         details += [f'- note: {n}' for n in r.get('notes', [])] + ([''] if r.get('notes') else [])
     title = f'### Device check: {gpu}, {started}' + (' (DRY RUN on CPU, tiny models)' if quick else '')
-    return '\n'.join([title, '', f'Written by `{command}` in {total_s / 60:.1f} min; every stage in its own process '
-                      'group with its own time limit (a failing stage is recorded and the next one runs).', '',
+    stages_min = sum(r.get('seconds', 0) for r in results.values()) / 60
+    return '\n'.join([title, '', f'Written by `{command}` in {total_s / 60:.1f} min (the stages shown: '
+                      f'{stages_min:.1f} min); every stage in its own process group with its own time limit (a '
+                      'failing stage is recorded and the next one runs).', '',
                       '| stage | status | s | figures |', '|---|---|---|---|', *rows, '', *details])
 
 
@@ -599,7 +615,14 @@ def main(argv=None) -> int:
     started = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
     key = section_key(gpu) + ('-dry-run' if args.quick else '')
     t0 = time.monotonic()
-    results = {}
+    results, saved = {}, work / 'device-check.json'
+    if args.only and saved.is_file():  # a partial rerun updates the stages it runs, keeps the others
+        try:
+            previous = json.loads(saved.read_text())
+        except ValueError:
+            previous = {}
+        if previous.get('key') == key:
+            results = previous.get('results', {})
     for stage, cap, quick_cap in STAGES:
         if (args.only and stage not in args.only) or stage in args.skip:
             continue
@@ -632,9 +655,9 @@ def main(argv=None) -> int:
         print(f'   {res["status"]} in {r["seconds"]:.0f} s: {headline(stage, res)}', flush=True)
         write_section(readme, key, render(gpu, started, command.strip(), results, time.monotonic() - t0,
                                           args.quick))
-    (work / 'device-check.json').write_text(json.dumps(results, indent=1, default=str))
+        saved.write_text(json.dumps(dict(key=key, gpu=gpu, results=results), indent=1, default=str))
     print(f'device check written to {readme} (section {key}); work files in {work}')
-    return 0 if all(r['status'] in ('ok', 'not run') for r in results.values()) else 1
+    return 0 if all(r['status'] in ('ok', 'not run') for r in results.values()) else 1  # 1: see the section
 
 
 if __name__ == '__main__':

@@ -636,7 +636,9 @@ def bench_ops(args, device: torch.device, lines: list, record: dict) -> None:
                              f'outside)')
                 loops = str(compiled['kernel_objects'])
                 cut = f'{step["total"] / compiled["step"]:.1f}x / {step["compute"] / compiled["step"]:.1f}x'
-                secs = f'{r["compile_s"]:.0f}'
+                hits = compiled.get('cache_hits', 0)
+                cached = f' ({hits} of {compiled["graphs"]} graphs from cache)' if hits else ''
+                secs = f'{r["compile_s"]:.0f}{cached}'
             else:
                 comp_text = 'failed: ' + r['compiled_error'] if 'compiled_error' in r else 'not compiled'
                 loops = cut = secs = '—'
@@ -679,21 +681,21 @@ def ops_section(args, device: torch.device, rows: list, record: dict) -> list:
         'backward off). **Eager**: aten operators dispatched below autograd and autocast, counted with a '
         'TorchDispatchMode (`bench_models.count_dispatched`); on a GPU every *compute* operator launches at least one '
         'kernel, views/metadata (`detach`, `view`, `t`, `permute`, `slice`, ...) and allocations launch none. At '
-        '32x32 a SLaK-T kernel does microseconds of work, so the launches (~5-10 us each from Python), not the '
-        'FLOPs, bound the step. '
+        '32x32 a SLaK-T kernel does microseconds of work, so the launches (each costs the host microseconds), not '
+        'the FLOPs, bound the step. '
         f'**16-bit**: the same step under {low} autocast (its casts are kernels too). '
         '**Compiled**: `train.compile=student` (torch.compile of the TrainModule, `dynamic=False`); the kernel calls '
         'in the code inductor generates for the forward and backward graphs (`torch._inductor.utils.'
         'run_and_get_code` captures it; `bench_models.launches_in_code` counts the calls of generated kernels, '
         'extern kernels such as convolutions and matrix products, and aten fallbacks in the wrapper\'s `call`, '
         'which runs each line once per step), plus the compute operators outside the graphs (loss statistics, '
-        'GradScaler, optimizer, masks, the same as eager). The extern and fallback calls were checked against '
-        'torch.profiler\'s aten events of a compiled step. On CPU one generated C++ function runs a whole stretch '
+        'GradScaler, optimizer, masks, the same as eager). On CPU one generated C++ function runs a whole stretch '
         'of fused operators between two extern calls (several loop nests, one call); on CUDA a Triton kernel is one '
         'loop nest, so the same graphs launch more kernels there than the CPU call count. '
         '**Kernel objects**: `torch._inductor.metrics.generated_kernel_count`, every kernel the code generator '
         'built: on CPU the scalar, vectorised and tail variants of each loop nest (no launch count), on CUDA the '
-        'Triton kernels.' +
+        'Triton kernels. **Compile s**: the first compiled step; graphs found in inductor\'s on-disk cache load '
+        'in seconds, a cold compile takes minutes on a small CPU.' +
         (' **GPU kernels**: the kernels the GPU ran in one step, from torch.profiler\'s trace (memcpy/memset '
          'excluded).' if device.type == 'cuda' else ''), '',
         '| model | size | batch | eager aten ops | compute | views | allocations | '
