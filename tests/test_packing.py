@@ -259,11 +259,12 @@ def test_plan_quota_with_and_without_cohorts_and_packing(tmp_path):
     # Per image: the teacher run 4 ms; as single runs, 3 distilled students at 1 + 2 ms and the one alone at 2 ms
     # (no teacher); as a cohort one teacher forward and 4 student steps, 1 + 4 x 2 ms.
     per_epoch_h = steps * 64 * result["scale"] / 3600
-    assert single["gpu_hours"] == pytest.approx(per_epoch_h * 30 * 0.004 + per_epoch_h * 12 * (3 * 0.003 + 0.002))
-    assert cohorts["gpu_hours"] == pytest.approx(per_epoch_h * 30 * 0.004 + per_epoch_h * 12 * 0.009)
+    teacher_h, students_h = per_epoch_h * jobs[0].epochs, per_epoch_h * jobs[1].epochs  # the presets' epochs
+    assert single["gpu_hours"] == pytest.approx(teacher_h * 0.004 + students_h * (3 * 0.003 + 0.002))
+    assert cohorts["gpu_hours"] == pytest.approx(teacher_h * 0.004 + students_h * 0.009)
     assert (single["chains"], cohorts["chains"], packed["chains"], both["chains"]) == (5, 2, 3, 1)
     assert packed["gpu_hours"] == pytest.approx(single["gpu_hours"])
-    assert both["quota_hours"] == pytest.approx(max(per_epoch_h * 30 * 0.004, per_epoch_h * 12 * 0.009))
+    assert both["quota_hours"] == pytest.approx(max(teacher_h * 0.004, students_h * 0.009))
     assert both["quota_hours"] < cohorts["quota_hours"] < single["quota_hours"]
     tripled = estimate(jobs, CALIBRATION, scale=result["scale"], seeds=3, overhead=0.0, session_overhead="0s")
     assert tripled[0].gpu_hours == pytest.approx(3 * single["gpu_hours"]) and tripled[0].chains == 15
@@ -312,7 +313,7 @@ def test_a_packed_session_chain_in_a_simulated_kaggle(tmp_path, monkeypatch):
     nbformat.write(nb, str(s1 / "train-packed.ipynb"))
     for key, value in (("REPRO_KAGGLE_ROOT", str(kaggle)), ("PYTHONPATH", str(REPO)), ("OMP_NUM_THREADS", "1")):
         monkeypatch.setenv(key, value)
-    monkeypatch.chdir(kaggle / "working")
+    monkeypatch.chdir(kaggle)  # the working folder is replaced between the sessions
     papermill.execute_notebook(str(s1 / "train-packed.ipynb"), str(tmp_path / "s1.ipynb"), kernel_name="python3",
                                progress_bar=False)
     folders = [kaggle / "working" / "coh" / "a", kaggle / "working" / "coh" / "b", kaggle / "working" / "solo"]
