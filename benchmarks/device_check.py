@@ -149,6 +149,7 @@ def kaggle_cpus() -> set:
 
 # --------------------------------------------------------------------------------------------- stages
 def stage_doctor(ctx: Context) -> None:
+    """The machine: GPU, capability, memory, cuDNN, versions, the precision auto picks."""
     from repro.doctor import cudnn_text, doctor
     d = doctor()
     ctx.result['figures'] = d
@@ -167,6 +168,7 @@ def stage_doctor(ctx: Context) -> None:
 
 
 def _pytest(ctx: Context, which: str) -> None:
+    """pytest over the tests the plugin above keeps for `which` (gpu or slow), counted from its -v output."""
     cmd = [sys.executable, '-m', 'pytest', '-v', '-rfE', '-p', 'no:cacheprovider', '-p', 'device_check', 'tests']
     if which == 'slow':
         cmd[4:4] = ['-m', 'slow']
@@ -197,10 +199,12 @@ def _pytest(ctx: Context, which: str) -> None:
 
 
 def stage_gpu_tests(ctx: Context) -> None:
+    """The tests that skip without CUDA and tests/test_gpu_ready.py, on the GPU."""
     _pytest(ctx, 'gpu')
 
 
 def stage_slow_tests(ctx: Context) -> None:
+    """The other slow tests, with the time the budget has left."""
     _pytest(ctx, 'slow')
 
 
@@ -257,6 +261,7 @@ def _run_all(ctx: Context, args: list, keys: list[str]) -> dict:
 
 
 def stage_run_all(ctx: Context) -> None:
+    """run_all.py: every section, NCHW and channels_last, the memory check."""
     if ctx.device == 'cuda':
         args = ['--device', 'cuda', '--variants', 'channels_last']
     else:
@@ -266,6 +271,7 @@ def stage_run_all(ctx: Context) -> None:
 
 
 def stage_compile(ctx: Context) -> None:
+    """run_all.py training with channels_last, eager and compiled, in one process."""
     if ctx.device == 'cuda':
         args = ['--device', 'cuda', '--channels-last', '--sizes', '32', '--variants', 'channels_last+compile',
                 '--only-training']
@@ -276,6 +282,7 @@ def stage_compile(ctx: Context) -> None:
 
 
 def stage_ops(ctx: Context) -> None:
+    """run_all.py --ops-only: operators and kernels per train step, eager and compiled."""
     if ctx.device == 'cuda':  # the compile stage's shapes and settings: inductor's cache makes this compile quick
         args = ['--ops-only', '--device', 'cuda', '--channels-last', '--ops-batch', '64', '--ops-compile-sizes', '32']
     else:
@@ -284,6 +291,7 @@ def stage_ops(ctx: Context) -> None:
 
 
 def _train_cmd(ctx: Context, out: Path, preset: str, overrides: list, *extra) -> list:
+    """The `repro train` command line of one run."""
     cmd = [sys.executable, '-m', 'repro', 'train', '--preset', preset, '--out', out, '--no-progress',
            '--device', ctx.device, *extra]
     for o in overrides:
@@ -308,6 +316,7 @@ def fake_cifar(ctx: Context, per_class: int, name: str) -> Path:
 
 
 def stage_resume(ctx: Context) -> None:
+    """Straight, killed-and-resumed deterministic, killed-and-resumed cudnn.benchmark: digests compared."""
     quick = ctx.quick or ctx.device != 'cuda'
     root = fake_cifar(ctx, 3 if quick else 10, 'cifar-resume')
     over = [f'data.root={root}', 'train.epochs=2', f'train.batch_size={16 if quick else 64}', 'data.num_workers=2',
@@ -381,6 +390,7 @@ def stage_resume(ctx: Context) -> None:
 
 
 def stage_teacher_graph(ctx: Context) -> None:
+    """GraphedForward against the eager Teacher: max abs differences and ms per forward."""
     import torch
     from repro.distill import Teacher
     from repro.models import create_model
@@ -431,6 +441,7 @@ def stage_teacher_graph(ctx: Context) -> None:
 
 
 def stage_pipeline(ctx: Context) -> None:
+    """bench_augment.py and the student's training images/s with augment_on cpu/device, on 4 cores."""
     cpus = kaggle_cpus()
     cuda = ctx.device == 'cuda'
     quick = ctx.quick or not cuda
@@ -542,6 +553,7 @@ def headline(stage: str, result: dict) -> str:
 
 
 def section_key(gpu: str) -> str:
+    """The README block of this GPU (one per GPU model, so a T4 check never replaces an L4's)."""
     return 'device-check-' + (re.sub(r'[^a-z0-9]+', '-', gpu.lower()).strip('-') or 'cpu')
 
 
@@ -558,6 +570,7 @@ def write_section(path: Path, key: str, body: str) -> None:
 
 
 def render(gpu: str, started: str, command: str, results: dict, total_s: float, quick: bool) -> str:
+    """The Markdown section: a summary table of the stages, then each stage's figures."""
     rows, details = [], []
     for stage, _, _ in STAGES:
         r = results.get(stage)
@@ -577,6 +590,7 @@ def render(gpu: str, started: str, command: str, results: dict, total_s: float, 
 
 
 def main(argv=None) -> int:
+    """Run the stages (or, with --_stage, one stage in this process); 0 when every stage that ran is ok."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument('--device', choices=['cuda', 'cpu'], default=None, help='default: cuda when available')

@@ -26,6 +26,22 @@ except ImportError:  # Windows: pid/host only
 log = logging.getLogger("repro.train")
 
 LOCK_NAME = ".lock"
+# Lock files this process holds. A forked child (a DataLoader worker) inherits the descriptor and with it the
+# flock, which would outlive a killed trainer until its workers notice: children close them at once.
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunFolderBusy(ReproError):
@@ -101,6 +117,7 @@ class RunLock:
         os.write(fd, (json.dumps(me) + "\n").encode())
         os.fsync(fd)
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def _busy(self, holder: dict) -> RunFolderBusy:
@@ -121,6 +138,7 @@ class RunLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             except OSError:
                 pass
+        _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None
 
