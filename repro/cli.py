@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Until a command installs its own stop handling (training: stop after this step and save), SIGTERM is
     # an interrupt like Ctrl-C: one line, no traceback.
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -271,3 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
         print(f"{name}: stopped; files already written are kept", file=sys.stderr)
         return 128 + int(signum)
+    finally:
+        if previous is not None:  # main() called in-process (tests, notebooks) leaves no handler behind
+            signal.signal(signal.SIGTERM, previous)

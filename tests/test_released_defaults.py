@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import yaml
 
 from repro.config import DistillConfig, SparseConfig, list_presets, load_config
 from repro.distill import build_distill_loss
@@ -65,13 +66,28 @@ def test_resnet50_runs_have_no_drop_path():
     assert load_config("imagenet-teacher-comparison-resnet50").model.name == "resnet50"
     for path in sorted((REPO / "kaggle" / "plans").glob("*.yaml")):
         for run in load_plan(path).runs:
-            overrides = [o.split("kaggle-input:")[0] + "teacher" if "kaggle-input:" in o else o
-                         for o in run.parameters.get("overrides", [])]
-            cfg = load_config(run.parameters["preset"], overrides=overrides)
-            if cfg.model.name == "resnet50":
-                seen += 1
-                assert cfg.model.drop_path_rate == 0.0, (path.name, run.name)
+            for name, cfg in _run_configs(run):
+                if cfg.model.name == "resnet50":
+                    seen += 1
+                    assert cfg.model.drop_path_rate == 0.0, (path.name, run.name, name)
     assert seen >= 13  # the ResNet-50 student alone and its 12 distilled runs
+
+
+def _local(overrides):
+    return [o.split("kaggle-input:")[0] + "teacher" if "kaggle-input:" in o else o for o in overrides or []]
+
+
+def _run_configs(run):
+    """(name, config) of a plan run, or of each member when the run is a cohort."""
+    from repro.train.cohort import load_cohort
+
+    cohort = run.parameters.get("cohort")
+    if cohort is None:
+        return [(run.name, load_config(run.parameters["preset"], overrides=_local(run.parameters.get("overrides"))))]
+    spec = dict(cohort) if isinstance(cohort, dict) else yaml.safe_load(Path(cohort).read_text())
+    spec["overrides"] = _local(spec.get("overrides"))
+    spec["members"] = [{**m, "overrides": _local(m.get("overrides"))} for m in spec["members"]]
+    return load_cohort(spec).members
 
 
 # --------------------------------------------------------------------------------------- moments

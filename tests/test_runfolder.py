@@ -164,10 +164,11 @@ def test_signal_during_final_evaluation_or_save_finishes_cleanly(tmp_path, monke
         return real(self, *args)
 
     monkeypatch.setattr(Trainer, phase, with_signal)
+    before = signal.getsignal(signal.SIGTERM)
     s = train(cfg_for(), tmp_path / "run", progress=False)
     assert s["status"] == "complete" and s["test_top1"] is not None
     assert "SIGTERM: the run will stop" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
 
 
 # ----------------------------------------------------------------------------------------- non-finite state
