@@ -194,7 +194,7 @@ class CohortRunner:
         self.feeder = next((m for m in members if m.teacher is not None), members[0])
 
     def run(self, signals: StopSignal) -> dict[str, dict]:
-        from .engine import rng_state, set_rng_state
+        from .seeding import rng_state, set_rng_state
 
         results: dict[str, dict] = {}
         live = []

@@ -9,12 +9,10 @@ checkpoint replays the same numbers as one that never stopped.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
 import platform
-import random
 import signal
 import socket
 import subprocess
@@ -23,7 +21,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import yaml
@@ -55,40 +52,11 @@ from .evaluate import autocast_context, eval_loader, evaluate_model
 from .metrics import RunLog, StepStats, host_record, peak_memory
 from .resume_check import check_resume_config, different_setup_message
 from .runlock import RunLock
+from .seeding import rng_state, seed_all, set_rng_state, step_seed
 
 log = logging.getLogger("repro.train")
 _CRASH_AT = os.environ.get("REPRO_CRASH_AT")  # fault injection for tests: "step:micro" to SIGKILL at
 _SLOW_STEP = float(os.environ.get("REPRO_SLOW_STEP") or 0)  # tests: seconds of sleep per step (signal timing)
-
-
-def step_seed(seed: int, rank: int, micro_step: int) -> int:
-    """A 63-bit seed for one micro-batch, independent of how many draws came before it."""
-    digest = hashlib.sha256(f"repro:{seed}:{rank}:{micro_step}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA) global generators."""
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """The global generators' states (python, numpy, torch, CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @functools.lru_cache(maxsize=1)
